@@ -1,0 +1,170 @@
+"""The embedded local stack: a real relay, the migration API emulator and sample data.
+
+    python -m devstack.stack --n 50            # what ./run_local.sh runs
+
+starts a LocalRelay (LMDB storage under the work dir, so it can be inspected after
+the run) and the emulator on 127.0.0.1, generates N realistic vines, publishes
+their "before migration" events to the relay, runs the pipeline against it all,
+checks the relay's state afterwards and stops everything. Tests use LocalStack
+directly.
+"""
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import shutil
+import sys
+from typing import Dict, List, Optional
+
+from devstack import sampledata
+from devstack.emulator import EmulatorProcess
+from devstack.relay import RelayProcess
+from transforms.nostr_event import validate_event
+from transforms.relay_client import RelayPublisher, fetch_events
+
+_LOG = logging.getLogger("devstack")
+TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
+
+
+def publish_file(relay_url: str, events_path: str) -> int:
+  """Publishes every event of an NDJSON file to a relay; returns how many were accepted."""
+  publisher = RelayPublisher(relay_url, max_in_flight=500, ack_timeout=20.0)
+  accepted = 0
+  try:
+    with open(events_path, encoding="utf-8") as f:
+      for line in f:
+        if line.strip():
+          publisher.submit(json.loads(line))
+        accepted += sum(1 for r in publisher.poll() if r.accepted)
+    accepted += sum(1 for r in publisher.drain(timeout=120) if r.accepted)
+  finally:
+    publisher.close()
+  return accepted
+
+
+class LocalStack:
+  """Relay(s) + emulator + sample data under one work directory."""
+
+  def __init__(self, work_dir: str, n_vines: int = 50, seed: int = 7, relays: int = 1,
+               lmdb: bool = False, plant_failures: bool = True,
+               emulator_knobs: Optional[Dict] = None, publish: bool = True):
+    self.work_dir = os.path.abspath(work_dir)
+    self.n_vines = n_vines
+    self.seed = seed
+    self.relay_count = relays
+    self.lmdb = lmdb
+    self.plant_failures = plant_failures
+    self.emulator_knobs = dict(emulator_knobs or {})
+    self.publish = publish
+    self.token = secrets.token_hex(16)
+    self.relays: List[RelayProcess] = []
+    self.emulator: Optional[EmulatorProcess] = None
+    self.manifest: Dict = {}
+
+  @property
+  def data_dir(self) -> str:
+    return os.path.join(self.work_dir, "data")
+
+  @property
+  def relay_urls(self) -> List[str]:
+    return [r.url for r in self.relays]
+
+  def path(self, name: str) -> str:
+    return os.path.join(self.data_dir, name)
+
+  def start(self) -> "LocalStack":
+    os.makedirs(self.work_dir, exist_ok=True)
+    self.manifest = sampledata.generate(self.data_dir, self.n_vines, seed=self.seed,
+                                        plant_failures=self.plant_failures)
+    os.chmod(self.path("keys.db"), 0o600)
+    for index in range(self.relay_count):
+      lmdb_dir = None
+      if self.lmdb:
+        lmdb_dir = os.path.join(self.work_dir, "relay%d.lmdb" % index)
+        shutil.rmtree(lmdb_dir, ignore_errors=True)
+      self.relays.append(RelayProcess(lmdb=lmdb_dir).start())
+    with open(self.path("openvine_ids.txt"), encoding="utf-8") as f:
+      held = [line.strip() for line in f if line.strip()]
+    self.emulator = EmulatorProcess(token=self.token, openvine_ids=held,
+                                    **self.emulator_knobs).start()
+    if self.publish:
+      for url in self.relay_urls:
+        accepted = publish_file(url, self.path("events.ndjson"))
+        _LOG.info("published %d sample events to %s", accepted, url)
+    return self
+
+  def stop(self) -> None:
+    if self.emulator:
+      self.emulator.stop()
+    for relay in self.relays:
+      relay.stop()
+
+  def __enter__(self):
+    return self.start()
+
+  def __exit__(self, *exc):
+    self.stop()
+
+  def env(self) -> Dict[str, str]:
+    return {TOKEN_ENV: self.token}
+
+  def pipeline_args(self, output_dir: Optional[str] = None, extra: Optional[List[str]] = None):
+    return ["--relays", ",".join(self.relay_urls),
+            "--rows", self.path("rows.ndjson"),
+            "--migration-api", self.emulator.url,
+            "--cdn-base", self.emulator.url,
+            "--keys-db", self.path("keys.db"),
+            "--output-dir", output_dir or os.path.join(self.work_dir, "out"),
+            ] + list(extra or [])
+
+  def relay_events(self, index: int = 0) -> List[dict]:
+    """Every kind 32222 event the relay holds now."""
+    return list(fetch_events(self.relay_urls[index], {"kinds": [32222]}))
+
+
+def check_relay_state(events: List[dict]) -> Dict[str, int]:
+  """Counts what the relay holds after a run: versions per address, migrated, valid."""
+  per_address: Dict = {}
+  migrated = invalid = 0
+  for event in events:
+    d = next((t[1] for t in event["tags"] if len(t) >= 2 and t[0] == "d"), None)
+    per_address[(event["pubkey"], d)] = per_address.get((event["pubkey"], d), 0) + 1
+    if any(t[:2] == ["migration", "openvine-to-stream"] for t in event["tags"]):
+      migrated += 1
+    if validate_event(event) is not None:
+      invalid += 1
+  return {"events": len(events), "addresses": len(per_address),
+          "duplicated_addresses": sum(1 for n in per_address.values() if n > 1),
+          "migrated": migrated, "invalid": invalid}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--n", type=int, default=50, help="sample vines to generate (default 50)")
+  parser.add_argument("--work-dir", default=".local", help="stack state (default .local)")
+  parser.add_argument("--seed", type=int, default=7)
+  parser.add_argument("--relays", type=int, default=1, help="relay processes (default 1)")
+  args, pipeline_extra = parser.parse_known_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  from pipeline import main as pipeline_main  # pylint: disable=import-outside-toplevel
+  with LocalStack(args.work_dir, n_vines=args.n, seed=args.seed, relays=args.relays,
+                  lmdb=True) as stack:
+    os.environ.update(stack.env())
+    code = pipeline_main.run(stack.pipeline_args(extra=pipeline_extra))
+    state = check_relay_state(stack.relay_events())
+    print("relay state:     %s" % json.dumps(state))
+    print("emulator:        %d migrate calls, %d migrations"
+          % (stack.emulator.stats()["migrate_calls_total"], stack.emulator.stats()["migrations"]))
+    print("planted failures: %s" % json.dumps(stack.manifest.get("planted", {}),
+                                              ensure_ascii=False)[:2000])
+    if state["invalid"] or state["duplicated_addresses"]:
+      print("relay state check FAILED", file=sys.stderr)
+      code = code or 1
+  return code
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,147 @@
+"""The pipeline's command line: one PipelineOptions subclass, and its validation.
+
+Secrets are never options: the API token comes only from the environment
+(CF_STREAM_MIGRATION_TOKEN), so it never reaches logs, job parameters or the
+pickled graph. Validation runs before the pipeline is built and names the flag.
+"""
+
+import ipaddress
+import os
+from typing import List
+from urllib.parse import urlsplit
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
+DEFAULT_CDN = "https://cdn.divine.video"
+
+
+class ConfigError(ValueError):
+  """Bad or missing configuration; the message names the flag or variable."""
+
+
+class MigrationOptions(PipelineOptions):
+  """Flags of vine-migration (Beam's own flags are accepted alongside)."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument("--relays", default=os.environ.get("NOSTR_RELAYS", ""),
+                        help="Comma-separated relay URLs to read from and publish to "
+                        "(wss://, or ws:// on loopback). Default: env NOSTR_RELAYS.")
+    parser.add_argument("--rows", default=None,
+                        help="Local NDJSON file(s) of metadata rows (glob allowed). "
+                        "Absent: query BigQuery (BIGQUERY_PROJECT_ID, BIGQUERY_DATASET_ID).")
+    parser.add_argument("--migration-api", dest="migration_api",
+                        default=os.environ.get("CF_STREAM_MIGRATION_API", ""),
+                        help="Base URL of the migration API. Default: env "
+                        "CF_STREAM_MIGRATION_API. The token is read only from env %s." % TOKEN_ENV)
+    parser.add_argument("--cdn-base", dest="cdn_base",
+                        default=os.environ.get("CDN_BASE", DEFAULT_CDN),
+                        help="CDN origin for URL templates and the only host thumbnails are "
+                        "fetched from (default %s)." % DEFAULT_CDN)
+    parser.add_argument("--keys-db", dest="keys_db", default=os.environ.get("MIGRATION_DB", ""),
+                        help="SQLite keys database (table user_migrations). Default: env "
+                        "MIGRATION_DB.")
+    parser.add_argument("--output-dir", dest="output_dir", default="out",
+                        help="Directory for dead letters, results, monitor log and summary "
+                        "(a sub-directory per run id).")
+    parser.add_argument("--api-limit", dest="api_limit", type=int, default=20,
+                        help="Migration API calls in flight at most (default 20).")
+    parser.add_argument("--publish-limit", dest="publish_limit", type=int, default=200,
+                        help="Events in flight per relay connection at most (default 200).")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="Local worker processes (DirectRunner multi_processing when > 1).")
+    parser.add_argument("--min-relays", dest="min_relays", type=int, default=0,
+                        help="A vine counts as published when this many relays accepted it "
+                        "(default 0 = every configured relay).")
+    parser.add_argument("--force-remigrate", dest="force_remigrate", action="store_true",
+                        help="Call the migration API even for events that carry our migration "
+                        "tags.")
+    parser.add_argument("--force-republish", dest="force_republish", action="store_true",
+                        help="Publish a new version even when nothing in the event changed.")
+    parser.add_argument("--require-blurhash", dest="require_blurhash", action="store_true",
+                        help="Dead-letter a vine whose thumbnail cannot be hashed instead of "
+                        "publishing it without a blurhash.")
+    parser.add_argument("--test", dest="test_mode", action="store_true",
+                        help="Test mode: only the first page (500 events) of each relay.")
+    parser.add_argument("--run-id", dest="run_id", default="",
+                        help="Run id stamped on dead letters and results (default: generated).")
+    parser.add_argument("--retry-attempts", dest="retry_attempts", type=int, default=5,
+                        help="Migration API attempts per vine (default 5).")
+    parser.add_argument("--retry-base-delay", dest="retry_base_delay", type=float, default=2.0,
+                        help="First backoff delay in seconds; doubles per attempt (default 2).")
+    parser.add_argument("--api-timeout", dest="api_timeout", type=float, default=60.0,
+                        help="Seconds per migration API request (default 60).")
+    parser.add_argument("--page-size", dest="page_size", type=int, default=500,
+                        help="Events per relay page when reading (default 500).")
+
+
+def split_relays(value: str) -> List[str]:
+  return [r.strip() for r in (value or "").split(",") if r.strip()]
+
+
+def is_loopback(host: str) -> bool:
+  if host == "localhost":
+    return True
+  try:
+    return ipaddress.ip_address(host).is_loopback
+  except ValueError:
+    return False
+
+
+def check_relay_url(url: str) -> str:
+  parts = urlsplit(url)
+  if parts.scheme == "wss" and parts.hostname:
+    return url
+  if parts.scheme == "ws" and parts.hostname and is_loopback(parts.hostname):
+    return url
+  raise ConfigError("--relays: %r must be wss:// (ws:// only on loopback)" % url)
+
+
+def check_http_url(flag: str, url: str) -> str:
+  parts = urlsplit(url or "")
+  if parts.scheme not in ("http", "https") or not parts.hostname:
+    raise ConfigError("%s: %r is not an http(s) URL" % (flag, url))
+  if parts.scheme == "http" and not is_loopback(parts.hostname):
+    raise ConfigError("%s: %r must use https (http only on loopback)" % (flag, url))
+  return url.rstrip("/")
+
+
+def validate(opts: MigrationOptions, environ=os.environ) -> None:
+  """Fails before the pipeline starts, naming the flag or variable at fault."""
+  relays = split_relays(opts.relays)
+  if not relays:
+    raise ConfigError("--relays: at least one relay URL is required (or env NOSTR_RELAYS)")
+  for url in relays:
+    check_relay_url(url)
+  if not opts.migration_api:
+    raise ConfigError("--migration-api: required (or env CF_STREAM_MIGRATION_API)")
+  check_http_url("--migration-api", opts.migration_api)
+  check_http_url("--cdn-base", opts.cdn_base)
+  if not environ.get(TOKEN_ENV):
+    raise ConfigError("%s: the migration API token must be set in the environment" % TOKEN_ENV)
+  if not opts.keys_db:
+    raise ConfigError("--keys-db: required (or env MIGRATION_DB)")
+  if not os.path.isfile(opts.keys_db):
+    raise ConfigError("--keys-db: %s does not exist" % opts.keys_db)
+  if opts.rows is None:
+    for name in ("BIGQUERY_PROJECT_ID", "BIGQUERY_DATASET_ID"):
+      if not environ.get(name):
+        raise ConfigError("--rows not given, so BigQuery is read: %s must be set" % name)
+  else:
+    import glob  # pylint: disable=import-outside-toplevel
+    if not glob.glob(opts.rows):
+      raise ConfigError("--rows: no file matches %s" % opts.rows)
+  for flag, value, low in (("--api-limit", opts.api_limit, 1),
+                           ("--publish-limit", opts.publish_limit, 1),
+                           ("--workers", opts.workers, 1),
+                           ("--min-relays", opts.min_relays, 0),
+                           ("--retry-attempts", opts.retry_attempts, 1),
+                           ("--page-size", opts.page_size, 1)):
+    if value < low:
+      raise ConfigError("%s: must be >= %d (got %d)" % (flag, low, value))
+  if opts.min_relays > len(relays):
+    raise ConfigError("--min-relays: %d is more than the %d configured relays"
+                      % (opts.min_relays, len(relays)))
+  if opts.retry_base_delay < 0 or opts.api_timeout <= 0:
+    raise ConfigError("--retry-base-delay must be >= 0 and --api-timeout > 0")

@@ -1,0 +1,71 @@
+"""Beam counters and the conservation check: vines in = published + skipped + dead-lettered.
+
+Every item is counted `vines_in` once where it is born (a bad input read, an event
+without a vine id, one join output) and once at its terminal outcome. Counters are
+Beam metrics, so the same numbers show on Dataflow.
+"""
+
+from typing import Dict, Mapping
+
+from apache_beam.metrics import Metrics
+
+NAMESPACE = "vine_migration"
+
+VINES_IN = "vines_in"
+PUBLISHED = "published"
+SKIPPED_PREFIX = "skipped_"
+DEAD_LETTER_PREFIX = "dead_letters_"
+
+# Informational counters of the seed's checkpoint stats and the stages.
+EVENTS_CHECKED = "events_checked"
+VIDEOS_MIGRATED = "videos_migrated"
+VIDEOS_ALREADY_MIGRATED = "videos_already_migrated"
+VIDEOS_REPUBLISHED = "videos_republished"
+FAILED_MIGRATIONS = "failed_migrations"
+METADATA_MISSING = "metadata_missing"
+BLURHASH_MISSING = "blurhash_missing"
+THROTTLING_SECONDS = "cumulativeThrottlingSeconds"
+
+_counters: Dict[str, object] = {}
+
+
+def inc(name: str, n: int = 1) -> None:
+  counter = _counters.get(name)
+  if counter is None:
+    counter = _counters[name] = Metrics.counter(NAMESPACE, name)
+  counter.inc(n)
+
+
+def born(n: int = 1) -> None:
+  inc(VINES_IN, n)
+
+
+def skipped(reason: str) -> None:
+  inc(SKIPPED_PREFIX + reason)
+
+
+def dead_lettered(stage: str) -> None:
+  inc(DEAD_LETTER_PREFIX + stage)
+
+
+def published() -> None:
+  inc(PUBLISHED)
+
+
+def summarise(counters: Mapping[str, int]) -> Dict[str, object]:
+  """Builds the accounting from counter values; `balanced` says whether it adds up."""
+  vines_in = int(counters.get(VINES_IN, 0))
+  published_n = int(counters.get(PUBLISHED, 0))
+  skipped_by = {k[len(SKIPPED_PREFIX):]: int(v) for k, v in counters.items()
+                if k.startswith(SKIPPED_PREFIX) and v}
+  dead_by = {k[len(DEAD_LETTER_PREFIX):]: int(v) for k, v in counters.items()
+             if k.startswith(DEAD_LETTER_PREFIX) and v}
+  out = published_n + sum(skipped_by.values()) + sum(dead_by.values())
+  return {
+      "vines_in": vines_in,
+      "published": published_n,
+      "skipped": dict(sorted(skipped_by.items())),
+      "dead_lettered": dict(sorted(dead_by.items())),
+      "accounted": out,
+      "balanced": vines_in == out,
+  }

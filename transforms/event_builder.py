@@ -1,0 +1,172 @@
+"""BuildVideoEvent: the republished kind 32222 event, as a pure function.
+
+Tags follow the seed design's order. Numbers are strings, no tag carries an empty
+or null value, and tag values longer than MAX_TAG_BYTES are trimmed at a character
+boundary with an ellipsis (strfry and others refuse values over 1,024 bytes).
+"""
+
+import re
+from typing import Any, Dict, List, Optional
+
+from transforms.nostr_event import first_tag_value
+from transforms.records import MIGRATION_NAME, MIGRATION_TAG, VIDEO_KIND, WorkItem
+
+CLIENT_NAME = "divine.video"
+MAX_TAG_BYTES = 1024
+MAX_TITLE_CHARS = 100
+DEFAULT_DIM = "480x480"
+DEFAULT_DURATION = "6"
+_ELLIPSIS = "\u2026"
+# Tags that identify the video's place and must survive republishing unchanged.
+_PLACEHOLDER_TITLES = ("rescued vine video", "untitled", "")
+
+
+_C0 = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def clean_text(value: str) -> str:
+  """Drops C0 controls other than tab/newline/return and replaces lone surrogates.
+
+  Serialisers and relays disagree on both, so they never reach a signed event.
+  """
+  return _SURROGATE.sub("\ufffd", _C0.sub("", value))
+
+
+def trim_utf8(value: str, max_bytes: int = MAX_TAG_BYTES) -> str:
+  """Trims to at most max_bytes of UTF-8 at a character boundary, ending in an ellipsis."""
+  raw = value.encode("utf-8", "surrogatepass")
+  if len(raw) <= max_bytes:
+    return value
+  budget = max_bytes - len(_ELLIPSIS.encode("utf-8"))
+  cut = raw[:budget].decode("utf-8", "ignore")
+  return cut + _ELLIPSIS
+
+
+def _title(item: WorkItem) -> Optional[str]:
+  old_title = first_tag_value(item.source.event["tags"], "title")
+  description = (item.row.description if item.row else None) or ""
+  description = " ".join(description.split())
+  if old_title and old_title.strip().lower() not in _PLACEHOLDER_TITLES:
+    return old_title
+  if description:
+    return description[:MAX_TITLE_CHARS]
+  return old_title or None
+
+
+def _imeta_field(tags: List[List[str]], name: str) -> Optional[str]:
+  for tag in tags:
+    if tag and tag[0] == "imeta":
+      for entry in tag[1:]:
+        if entry.startswith(name + " "):
+          return entry[len(name) + 1:]
+  return None
+
+
+def _add(tags: List[List[str]], name: str, *values: Any) -> None:
+  """Appends a tag unless one of its values is empty or None."""
+  if any(v is None or (isinstance(v, str) and not v.strip()) for v in values):
+    return
+  tags.append([name] + [trim_utf8(clean_text(str(v))) for v in values])
+
+
+def build_video_event(item: WorkItem, now: int) -> Dict[str, Any]:
+  """The unsigned replacement event for a migrated item.
+
+  Args:
+    item: a WorkItem whose `migration` holds normalised URLs (uid, hls, dash, mp4,
+      thumbnail, animated_thumbnail) and, optionally, a row and a blurhash.
+    now: the current unix time; created_at = max(now, old.created_at + 1) so that the
+      new version replaces the old one on every relay.
+
+  Returns:
+    A dict with kind, created_at, tags, content (no pubkey, id or sig).
+  """
+  old = item.source.event
+  old_tags = old["tags"]
+  urls = item.migration or {}
+  row = item.row
+  uid = urls.get("uid")
+  d_value = first_tag_value(old_tags, "d") or item.vine_id
+  description = (row.description if row and row.description else None)
+  content = description if description is not None else old.get("content", "")
+
+  tags: List[List[str]] = []
+  _add(tags, "d", d_value)
+  _add(tags, "title", _title(item))
+  _add(tags, "url", urls.get("hls"))
+  _add(tags, "streaming", urls.get("hls"), "hls")
+  _add(tags, "r", urls.get("mp4"), "download")
+  _add(tags, "thumb", urls.get("thumbnail"))
+  _add(tags, "preview", urls.get("animated_thumbnail"))
+  _add(tags, "vine_id", item.vine_id)
+  _add(tags, "stream_uid", uid)
+  if row:
+    _add(tags, "published_at", row.created_timestamp)
+    _add(tags, "loops", row.loops)
+    _add(tags, "likes", row.likes)
+    _add(tags, "comments", row.comment_count)
+    _add(tags, "reposts", row.repost_count)
+    _add(tags, "username", row.username)
+    for hashtag in row.hashtags:
+      _add(tags, "t", hashtag)
+  else:
+    # Without BigQuery metadata keep what the old event said.
+    for name in ("published_at", "loops", "likes", "comments", "reposts", "username"):
+      _add(tags, name, first_tag_value(old_tags, name))
+    for tag in old_tags:
+      if len(tag) >= 2 and tag[0] == "t":
+        _add(tags, "t", tag[1])
+  _add(tags, "client", CLIENT_NAME)
+  _add(tags, MIGRATION_TAG, MIGRATION_NAME, uid)
+
+  dim = first_tag_value(old_tags, "dim") or _imeta_field(old_tags, "dim") or DEFAULT_DIM
+  duration = (first_tag_value(old_tags, "duration") or _imeta_field(old_tags, "duration")
+              or DEFAULT_DURATION)
+  imeta = ["imeta"]
+  for key, value in (("url", urls.get("mp4")), ("m", "video/mp4"), ("dim", dim),
+                     ("duration", duration), ("blurhash", item.blurhash),
+                     ("image", urls.get("thumbnail")), ("fallback", urls.get("hls")),
+                     ("fallback", urls.get("dash")),
+                     ("alt", " ".join((description or "").split()) or None)):
+    if value is not None and str(value).strip():
+      imeta.append(trim_utf8(clean_text("%s %s" % (key, value))))
+  if len(imeta) > 2:
+    tags.append(imeta)
+
+  created_at = max(int(now), int(old["created_at"]) + 1)
+  return {"kind": VIDEO_KIND, "created_at": created_at, "tags": tags,
+          "content": clean_text(content or "")}
+
+
+def is_up_to_date(old_event: Dict[str, Any], new_unsigned: Dict[str, Any]) -> bool:
+  """True when republishing would change nothing but created_at and the signature."""
+  return (old_event.get("tags") == new_unsigned["tags"]
+          and old_event.get("content") == new_unsigned["content"]
+          and old_event.get("kind") == new_unsigned["kind"])
+
+
+def existing_urls(event: Dict[str, Any]) -> Dict[str, Optional[str]]:
+  """URLs an already-migrated event carries, in the normalised shape of migration_api."""
+  tags = event["tags"]
+  hls = None
+  mp4 = None
+  for tag in tags:
+    if len(tag) >= 3 and tag[0] == "streaming" and tag[2] == "hls":
+      hls = hls or tag[1]
+    if len(tag) >= 3 and tag[0] == "r" and tag[2] == "download":
+      mp4 = mp4 or tag[1]
+  dash = None
+  for tag in tags:
+    if tag and tag[0] == "imeta":
+      for entry in tag[1:]:
+        if entry.startswith("fallback ") and entry.endswith(".mpd"):
+          dash = entry[len("fallback "):]
+  return {
+      "hls": hls,
+      "dash": dash,
+      "mp4": mp4 or _imeta_field(tags, "url"),
+      "thumbnail": first_tag_value(tags, "thumb") or _imeta_field(tags, "image"),
+      "animated_thumbnail": first_tag_value(tags, "preview"),
+      "blurhash": _imeta_field(tags, "blurhash"),
+  }

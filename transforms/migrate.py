@@ -1,0 +1,124 @@
+"""MigrateVideo: copy each vine's video into Cloudflare Stream through the migration API.
+
+Input and main output: WorkItem. An item that already carries this migration's tags
+reuses its Stream uid (no call) unless force_remigrate. Otherwise one
+`POST /v1/openvine/migrate` with the seed's retry policy, many in flight (AsyncDoFn).
+Permanent failures and exhausted retries are dead letters; a refused token stops
+the run (StopRun).
+"""
+
+import logging
+import os
+from typing import Any, List
+
+from apache_beam.pvalue import TaggedOutput
+
+from transforms import accounting
+from transforms import dead_letters as dl
+from transforms.concurrency import AsyncDoFn, StopRun
+from transforms.event_builder import existing_urls
+from transforms.migration_api import MigrationClient, RetryPolicy, sanitise_error, \
+  validate_openvine_id
+from transforms.records import SKIP_NO_OPENVINE_ID, STREAM_UID_RE, WorkItem
+
+_LOG = logging.getLogger(__name__)
+
+TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
+
+
+def monitor_migrated(item: WorkItem) -> str:
+  """The seed's monitor line MIGRATED,{vine_id},{stream_uid},{hls_url},{mp4_url}."""
+  urls = item.migration or {}
+  return "MIGRATED,%s,%s,%s,%s" % (item.vine_id, urls.get("uid") or "", urls.get("hls") or "",
+                                   urls.get("mp4") or "")
+
+
+def reuse_migration(item: WorkItem, cdn_base: str) -> WorkItem:
+  """URLs for an already-migrated event: its own tags, else the CDN templates."""
+  uid = item.source.migrated_uid
+  have = existing_urls(item.source.event)
+  base = cdn_base.rstrip("/")
+  urls = {
+      "uid": uid,
+      "hls": have["hls"] or "%s/%s/manifest/video.m3u8" % (base, uid),
+      "dash": have["dash"] or "%s/%s/manifest/video.mpd" % (base, uid),
+      "mp4": have["mp4"] or "%s/%s/downloads/default.mp4" % (base, uid),
+      "thumbnail": have["thumbnail"] or "%s/%s/thumbnails/thumbnail.jpg" % (base, uid),
+      "animated_thumbnail": (have["animated_thumbnail"]
+                             or "%s/%s/thumbnails/thumbnail.gif" % (base, uid)),
+      "api_status": "reused",
+  }
+  return item.replace(migration=urls, blurhash=item.blurhash or have["blurhash"])
+
+
+class MigrateVideoFn(AsyncDoFn):
+  """WorkItem -> WorkItem with `migration` set; tagged dead letters, skips, monitor lines."""
+
+  def __init__(self, api_url: str, cdn_base: str, run_id: str, max_in_flight: int,
+               policy: RetryPolicy = RetryPolicy(), force_remigrate: bool = False,
+               token_env: str = TOKEN_ENV, sleep=None):
+    super().__init__(max_in_flight)
+    self._api_url = api_url
+    self._cdn_base = cdn_base
+    self._run_id = run_id
+    self._policy = policy
+    self._force = force_remigrate
+    self._token_env = token_env
+    self._sleep = sleep
+
+  async def async_setup(self):
+    token = os.environ.get(self._token_env, "")
+    if not token:
+      raise StopRun("%s is not set in the worker's environment" % self._token_env)
+    kwargs = {"sleep": self._sleep} if self._sleep else {}
+    self._client = MigrationClient(self._api_url, token, self._cdn_base, policy=self._policy,
+                                   max_connections=self._max_in_flight, **kwargs)
+    await self._client.start()
+
+  async def async_teardown(self):
+    await self._client.close()
+
+  def _dead(self, item: WorkItem, error_class: str, error: str, **kwargs) -> List[Any]:
+    accounting.dead_lettered(dl.STAGE_MIGRATE)
+    accounting.inc(accounting.FAILED_MIGRATIONS)
+    return [TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
+        self._run_id, dl.STAGE_MIGRATE, error_class, error, item, **kwargs))]
+
+  async def handle(self, item: WorkItem) -> List[Any]:
+    if item.source.migrated_uid and not self._force:
+      accounting.inc(accounting.VIDEOS_ALREADY_MIGRATED)
+      return [reuse_migration(item, self._cdn_base)]
+    if not item.openvine_id:
+      accounting.skipped(SKIP_NO_OPENVINE_ID)
+      return [TaggedOutput(dl.SKIPPED, dl.make_skip(dl.STAGE_MIGRATE, SKIP_NO_OPENVINE_ID,
+                                                     item.vine_id, item.event_id))]
+    try:
+      openvine_id = validate_openvine_id(item.openvine_id, permissive=True)
+    except ValueError as exc:
+      return self._dead(item, dl.BAD_INPUT, "openvine id refused: %s" % exc)
+    result = await self._client.migrate(item.vine_id, openvine_id)
+    if result.throttled_seconds:
+      accounting.inc(accounting.THROTTLING_SECONDS, int(round(result.throttled_seconds)))
+    if result.kind == "config":
+      raise StopRun("migration API: %s" % result.error)
+    timing = {"attempts": result.attempts, "first_failure": result.first_failure,
+              "last_failure": result.last_failure}
+    if result.kind == "permanent":
+      return self._dead(item, dl.PERMANENT, result.error, **timing)
+    if result.kind != "success":
+      return self._dead(item, dl.TRANSIENT_EXHAUSTED, result.error, **timing)
+    urls = dict(result.urls or {})
+    if not STREAM_UID_RE.match(urls.get("uid") or ""):
+      return self._dead(item, dl.PERMANENT, "API answered without a valid Stream uid", **timing)
+    if result.api_status == "already_migrated":
+      accounting.inc(accounting.VIDEOS_ALREADY_MIGRATED)
+      migrated = item.replace(migration=urls)
+    else:
+      accounting.inc(accounting.VIDEOS_MIGRATED)
+      migrated = item.replace(migration=urls, newly_migrated=True)
+    return [migrated, TaggedOutput(dl.MONITOR, monitor_migrated(migrated))]
+
+  def on_unexpected(self, item: WorkItem, exc: BaseException) -> List[Any]:
+    _LOG.warning("migrate %s: unexpected %s", item.vine_id, type(exc).__name__)
+    return self._dead(item, dl.TRANSIENT_EXHAUSTED,
+                      "unexpected error: %s" % sanitise_error(exc))

@@ -1,0 +1,142 @@
+"""PublishEvents: send each signed event to every configured relay, many in flight.
+
+Input: WorkItem with `signed`. Main output: one result record per published vine.
+One persistent connection per relay (RelayPublisher over websocket-client), OKs
+matched by event id. A vine counts as published when at least `min_relays` relays
+accepted it (default: all of them); otherwise it is a dead letter naming the relays
+that refused and their messages.
+"""
+
+import logging
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.pvalue import TaggedOutput
+
+from transforms import accounting
+from transforms import dead_letters as dl
+from transforms.concurrency import wrap_output
+from transforms.key_store import KeyStore
+from transforms.records import WorkItem
+from transforms.relay_client import RelayPublisher
+
+_LOG = logging.getLogger(__name__)
+
+
+def monitor_republished(record: Dict[str, Any]) -> str:
+  """The seed's line REPUBLISHED,{event_id},{vine_id},{stream_uid},{hls_url},{mp4_url}."""
+  return "REPUBLISHED,%s,%s,%s,%s,%s" % (record["event_id"], record["vine_id"],
+                                         record["stream_uid"] or "", record["hls_url"] or "",
+                                         record["mp4_url"] or "")
+
+
+def result_record(item: WorkItem, accepted: Sequence[str], run_id: str) -> Dict[str, Any]:
+  """The results-table row of a published vine (public data only)."""
+  urls = item.migration or {}
+  return {
+      "run_id": run_id,
+      "vine_id": item.vine_id,
+      "event_id": item.signed["id"],
+      "previous_event_id": item.event_id,
+      "pubkey": item.pubkey,
+      "stream_uid": urls.get("uid"),
+      "hls_url": urls.get("hls"),
+      "mp4_url": urls.get("mp4"),
+      "thumbnail_url": urls.get("thumbnail"),
+      "relays": sorted(accepted),
+      "newly_migrated": item.newly_migrated,
+      "notes": list(item.notes),
+      "published_at": dl.utc_now_iso(),
+  }
+
+
+class PublishEventsFn(beam.DoFn):
+  """WorkItem -> result record; tagged dead letters and monitor lines."""
+
+  def __init__(self, relays: Sequence[str], run_id: str, keys_db: Optional[str] = None,
+               min_relays: Optional[int] = None, max_in_flight: int = 200,
+               ack_timeout: float = 15.0, max_attempts: int = 5, backoff_base: float = 0.5):
+    super().__init__()
+    if not relays:
+      raise ValueError("at least one relay is needed")
+    self._relays = list(relays)
+    self._run_id = run_id
+    self._keys_db = keys_db
+    self._min_relays = min(min_relays or len(relays), len(relays))
+    self._max_in_flight = max_in_flight
+    self._ack_timeout = ack_timeout
+    self._max_attempts = max_attempts
+    self._backoff_base = backoff_base
+
+  def setup(self):
+    auth = None
+    if self._keys_db:
+      keys = KeyStore.load(self._keys_db)
+      auth = keys.signer_for  # NIP-42: answer AUTH with the key of the event's author
+    self._publishers = [
+        RelayPublisher(url, max_in_flight=self._max_in_flight, ack_timeout=self._ack_timeout,
+                       max_attempts=self._max_attempts, backoff_base=self._backoff_base,
+                       auth_signer=auth)
+        for url in self._relays]
+
+  def teardown(self):
+    for publisher in getattr(self, "_publishers", ()):
+      try:
+        publisher.close()
+      except Exception:  # pylint: disable=broad-except
+        _LOG.warning("closing publisher failed", exc_info=True)
+
+  def start_bundle(self):
+    self._pending: Dict[str, List[Any]] = {}
+
+  def process(self, item: WorkItem, timestamp=beam.DoFn.TimestampParam,
+              window=beam.DoFn.WindowParam) -> Iterator[Any]:
+    event_id = item.signed["id"]
+    self._pending[event_id] = [item, timestamp, window, {}]
+    for publisher in self._publishers:
+      publisher.submit(item.signed, token=event_id)
+    for publisher in self._publishers:
+      yield from self._absorb(publisher.poll())
+
+  def finish_bundle(self):
+    for publisher in self._publishers:
+      yield from self._absorb(publisher.drain())
+    if self._pending:  # a publisher lost track of an event: never drop it silently
+      for event_id in list(self._pending):
+        item, timestamp, window, results = self._pending.pop(event_id)
+        for output in self._dead(item, results, "no answer from some relays"):
+          yield wrap_output(output, timestamp, window)
+
+  def _absorb(self, results) -> Iterator[Any]:
+    for result in results:
+      entry = self._pending.get(result.token)
+      if entry is None:
+        continue
+      entry[3][result.relay] = result
+      if len(entry[3]) == len(self._publishers):
+        del self._pending[result.token]
+        item, timestamp, window, by_relay = entry
+        for output in self._finish(item, by_relay):
+          yield wrap_output(output, timestamp, window)
+
+  def _finish(self, item: WorkItem, by_relay) -> List[Any]:
+    accepted = [url for url, r in by_relay.items() if r.accepted]
+    if len(accepted) >= self._min_relays:
+      accounting.published()
+      accounting.inc(accounting.VIDEOS_REPUBLISHED)
+      record = result_record(item, accepted, self._run_id)
+      return [record, TaggedOutput(dl.MONITOR, monitor_republished(record))]
+    return self._dead(item, by_relay, "accepted by %d of %d relays, %d required"
+                      % (len(accepted), len(self._publishers), self._min_relays))
+
+  def _dead(self, item: WorkItem, by_relay, summary: str) -> List[Any]:
+    refused = {url: r for url, r in by_relay.items() if not r.accepted}
+    missing = [url for url in self._relays if url not in by_relay]
+    details = ["%s: %s (%s)" % (url, r.message, r.outcome) for url, r in sorted(refused.items())]
+    details += ["%s: no answer" % url for url in missing]
+    permanent = any(r.outcome == "permanent" for r in refused.values())
+    attempts = max([r.attempts for r in by_relay.values()] or [1])
+    accounting.dead_lettered(dl.STAGE_PUBLISH)
+    return [TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
+        self._run_id, dl.STAGE_PUBLISH, dl.PERMANENT if permanent else dl.TRANSIENT_EXHAUSTED,
+        "%s; refused: %s" % (summary, "; ".join(details)), item, attempts=attempts))]

@@ -1,0 +1,83 @@
+"""BuildVideoEvent and SignEvent stages.
+
+BuildVideoEventFn turns a migrated WorkItem into its unsigned replacement event and
+skips items whose event would not change (`up_to_date`), so re-runs do not churn
+relays. SignEventFn signs with the key of the original event's pubkey, loaded from
+the keys database in setup(); the key never leaves the worker.
+"""
+
+import logging
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import apache_beam as beam
+from apache_beam.pvalue import TaggedOutput
+
+from transforms import accounting
+from transforms import dead_letters as dl
+from transforms.event_builder import build_video_event, is_up_to_date
+from transforms.key_store import KeyStore
+from transforms.nostr_event import validate_event
+from transforms.records import SKIP_UP_TO_DATE, WorkItem
+
+_LOG = logging.getLogger(__name__)
+
+NO_SIGNING_KEY = "no_signing_key"
+
+
+class BuildVideoEventFn(beam.DoFn):
+  """WorkItem -> WorkItem with `unsigned` set; tagged skips for unchanged events."""
+
+  def __init__(self, run_id: str, force_republish: bool = False,
+               clock: Optional[Callable[[], float]] = None):
+    super().__init__()
+    self._run_id = run_id
+    self._force = force_republish
+    self._clock = clock or time.time
+
+  def process(self, item: WorkItem) -> Iterator[Any]:
+    try:
+      unsigned = build_video_event(item, int(self._clock()))
+    except Exception as exc:  # pylint: disable=broad-except
+      accounting.dead_lettered(dl.STAGE_BUILD)
+      yield TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
+          self._run_id, dl.STAGE_BUILD, dl.BAD_INPUT, "cannot build event: %s: %s"
+          % (type(exc).__name__, exc), item))
+      return
+    if not self._force and is_up_to_date(item.source.event, unsigned):
+      accounting.skipped(SKIP_UP_TO_DATE)
+      yield TaggedOutput(dl.SKIPPED, dl.make_skip(dl.STAGE_BUILD, SKIP_UP_TO_DATE, item.vine_id,
+                                                  item.event_id))
+      return
+    yield item.replace(unsigned=unsigned)
+
+
+class SignEventFn(beam.DoFn):
+  """WorkItem -> WorkItem with `signed` set, signed by the original author's key."""
+
+  def __init__(self, keys_db: str, run_id: str):
+    super().__init__()
+    self._keys_db = keys_db  # a path, never key material
+    self._run_id = run_id
+
+  def setup(self):
+    self._keys = KeyStore.load(self._keys_db)
+
+  def process(self, item: WorkItem) -> Iterator[Any]:
+    signer = self._keys.signer_for(item.pubkey)
+    if signer is None:
+      accounting.dead_lettered(dl.STAGE_SIGN)
+      yield TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
+          self._run_id, dl.STAGE_SIGN, dl.PERMANENT,
+          "%s: the keys database has no usable key for pubkey %s" % (NO_SIGNING_KEY,
+                                                                       item.pubkey),
+          item))
+      return
+    signed = signer.sign(item.unsigned)
+    problem = validate_event(signed)
+    if problem:
+      accounting.dead_lettered(dl.STAGE_SIGN)
+      yield TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
+          self._run_id, dl.STAGE_SIGN, dl.BAD_INPUT, "signed event invalid: %s" % problem, item))
+      return
+    yield item.replace(signed=signed)

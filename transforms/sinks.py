@@ -1,0 +1,47 @@
+"""Local outputs: dead letters, skips and results as NDJSON, and the seed's monitor log.
+
+One file each under the run's output directory. The Dataflow issue adds the
+BigQuery dead-letter and results tables beside these.
+"""
+
+import json
+import os
+
+import apache_beam as beam
+
+DEAD_LETTERS_FILE = "dead_letters.ndjson"
+SKIPPED_FILE = "skipped.ndjson"
+PUBLISHED_FILE = "published.ndjson"
+MONITOR_FILE = "monitor.log"
+
+
+def to_json_line(record) -> str:
+  return json.dumps(record, ensure_ascii=False, sort_keys=True, default=str)
+
+
+class WriteNdjson(beam.PTransform):
+  """PCollection[dict] -> one NDJSON file (single shard, so a person can read it)."""
+
+  def __init__(self, path: str):
+    super().__init__()
+    self._path = path
+
+  def expand(self, records):
+    return (records
+            | "ToJson" >> beam.Map(to_json_line)
+            | "WriteFile" >> beam.io.WriteToText(self._path, shard_name_template=""))
+
+
+class WriteLines(beam.PTransform):
+  """PCollection[str] -> one text file."""
+
+  def __init__(self, path: str):
+    super().__init__()
+    self._path = path
+
+  def expand(self, lines):
+    return lines | "WriteFile" >> beam.io.WriteToText(self._path, shard_name_template="")
+
+
+def run_output_dir(output_dir: str, run_id: str) -> str:
+  return os.path.join(output_dir, run_id)
