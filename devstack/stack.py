@@ -28,16 +28,39 @@ _LOG = logging.getLogger("devstack")
 TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
 
 
-def publish_file(relay_url: str, events_path: str) -> int:
-  """Publishes every event of an NDJSON file to a relay; returns how many were accepted."""
+def split_events(events_path: str, archive_path: str) -> List[dict]:
+  """Valid events (returned, for the relay) and the rest, written to archive_path.
+
+  A real relay refuses an event with a forged id or signature, and nostr-sdk's
+  relay an addressable event without `d`, so those planted events reach the
+  pipeline the way they do in the wild: from an archive (a relay export), read
+  with --events-file.
+  """
+  valid, hostile = [], []
+  with open(events_path, encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        event = json.loads(line)
+        relay_takes = validate_event(event) is None and any(
+            t and t[0] == "d" for t in event["tags"])
+        (valid if relay_takes else hostile).append(event)
+  with open(archive_path, "w", encoding="utf-8") as f:
+    for event in hostile:
+      f.write(json.dumps(event, ensure_ascii=False) + "\n")
+  return valid
+
+
+def publish_events(relay_url: str, events: List[dict]) -> int:
+  """Publishes events to a relay; returns how many were accepted."""
+  # Older versions first, as they were published in reality: a relay refuses an
+  # addressable event older than the version it holds.
+  events.sort(key=lambda e: e.get("created_at", 0))
   publisher = RelayPublisher(relay_url, max_in_flight=500, ack_timeout=20.0)
   accepted = 0
   try:
-    with open(events_path, encoding="utf-8") as f:
-      for line in f:
-        if line.strip():
-          publisher.submit(json.loads(line))
-        accepted += sum(1 for r in publisher.poll() if r.accepted)
+    for event in events:
+      publisher.submit(event)
+      accepted += sum(1 for r in publisher.poll() if r.accepted)
     accepted += sum(1 for r in publisher.drain(timeout=120) if r.accepted)
   finally:
     publisher.close()
@@ -89,9 +112,10 @@ class LocalStack:
       held = [line.strip() for line in f if line.strip()]
     self.emulator = EmulatorProcess(token=self.token, openvine_ids=held,
                                     **self.emulator_knobs).start()
+    valid = split_events(self.path("events.ndjson"), self.path("archive_events.ndjson"))
     if self.publish:
       for url in self.relay_urls:
-        accepted = publish_file(url, self.path("events.ndjson"))
+        accepted = publish_events(url, valid)
         _LOG.info("published %d sample events to %s", accepted, url)
     return self
 
@@ -116,6 +140,7 @@ class LocalStack:
             "--migration-api", self.emulator.url,
             "--cdn-base", self.emulator.url,
             "--keys-db", self.path("keys.db"),
+            "--events-file", self.path("archive_events.ndjson"),
             "--output-dir", output_dir or os.path.join(self.work_dir, "out"),
             ] + list(extra or [])
 

@@ -55,7 +55,7 @@ def build_graph(p: beam.Pipeline, opts: MigrationOptions, run_id: str,
       dataset=os.environ.get("BIGQUERY_DATASET_ID"), raw_rows=io.raw_rows)
   events = p | "ReadRelayEvents" >> ReadRelayEvents(
       relays, run_id, page_size=opts.page_size, max_pages=1 if opts.test_mode else None,
-      raw_events=io.raw_events)
+      raw_events=io.raw_events, events_file=opts.events_file)
   joined = (rows["main"], events["main"]) | "JoinOnVineId" >> JoinOnVineId()
 
   migrated = joined["main"] | "MigrateVideo" >> beam.ParDo(MigrateVideoFn(
@@ -69,9 +69,9 @@ def build_graph(p: beam.Pipeline, opts: MigrationOptions, run_id: str,
       run_id, force_republish=opts.force_republish)).with_outputs(
           dl.DEAD_LETTER, dl.SKIPPED, main="main")
   signed = built.main | "SignEvent" >> beam.ParDo(SignEventFn(
-      opts.keys_db, run_id)).with_outputs(dl.DEAD_LETTER, main="main")
+      opts.keys_db, run_id, kek_spec=opts.kek)).with_outputs(dl.DEAD_LETTER, main="main")
   published = signed.main | "PublishEvents" >> beam.ParDo(PublishEventsFn(
-      relays, run_id, keys_db=opts.keys_db, min_relays=opts.min_relays or None,
+      relays, run_id, keys_db=opts.keys_db, kek_spec=opts.kek, min_relays=opts.min_relays or None,
       max_in_flight=opts.publish_limit)).with_outputs(dl.DEAD_LETTER, dl.MONITOR, main="main")
 
   dead = ((rows[dl.DEAD_LETTER], events[dl.DEAD_LETTER], migrated[dl.DEAD_LETTER],

@@ -31,6 +31,9 @@ class MigrationOptions(PipelineOptions):
     parser.add_argument("--rows", default=None,
                         help="Local NDJSON file(s) of metadata rows (glob allowed). "
                         "Absent: query BigQuery (BIGQUERY_PROJECT_ID, BIGQUERY_DATASET_ID).")
+    parser.add_argument("--events-file", dest="events_file", default=None,
+                        help="Extra events as NDJSON (e.g. a relay export), read beside the "
+                        "relays and verified and de-duplicated the same way.")
     parser.add_argument("--migration-api", dest="migration_api",
                         default=os.environ.get("CF_STREAM_MIGRATION_API", ""),
                         help="Base URL of the migration API. Default: env "
@@ -42,6 +45,11 @@ class MigrationOptions(PipelineOptions):
     parser.add_argument("--keys-db", dest="keys_db", default=os.environ.get("MIGRATION_DB", ""),
                         help="SQLite keys database (table user_migrations). Default: env "
                         "MIGRATION_DB.")
+    parser.add_argument("--kek", default=os.environ.get("MIGRATION_KEK_SPEC", ""),
+                        help="Where the key-encryption key of an encrypted keys database comes "
+                        "from: env:NAME, file:PATH, gcp-secret:projects/P/secrets/S/versions/V or "
+                        "gcp-kms:KEYNAME:WRAPPED_KEK_PATH. A reference, never the key itself. "
+                        "Default: env MIGRATION_KEK_SPEC.")
     parser.add_argument("--output-dir", dest="output_dir", default="out",
                         help="Directory for dead letters, results, monitor log and summary "
                         "(a sub-directory per run id).")
@@ -124,6 +132,14 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
     raise ConfigError("--keys-db: required (or env MIGRATION_DB)")
   if not os.path.isfile(opts.keys_db):
     raise ConfigError("--keys-db: %s does not exist" % opts.keys_db)
+  if opts.kek and opts.kek.split(":", 1)[0] in ("env", "file"):
+    from transforms.key_crypto import KekError, load_kek  # pylint: disable=import-outside-toplevel
+    try:
+      load_kek(opts.kek)
+    except KekError as exc:
+      raise ConfigError("--kek: %s" % exc) from None
+  if opts.events_file and not os.path.isfile(opts.events_file):
+    raise ConfigError("--events-file: %s does not exist" % opts.events_file)
   if opts.rows is None:
     for name in ("BIGQUERY_PROJECT_ID", "BIGQUERY_DATASET_ID"):
       if not environ.get(name):

@@ -5,9 +5,12 @@ without a vine id, one join output) and once at its terminal outcome. Counters a
 Beam metrics, so the same numbers show on Dataflow.
 """
 
+import collections
+import threading
 from typing import Dict, Mapping
 
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.execution import MetricsEnvironment
 
 NAMESPACE = "vine_migration"
 
@@ -27,13 +30,36 @@ BLURHASH_MISSING = "blurhash_missing"
 THROTTLING_SECONDS = "cumulativeThrottlingSeconds"
 
 _counters: Dict[str, object] = {}
+# Increments made off a Beam thread (an AsyncDoFn's event loop) have no metrics
+# container and would be dropped; they wait here until a Beam thread flushes them.
+_deferred: "collections.Counter[str]" = collections.Counter()
+_deferred_lock = threading.Lock()
 
 
-def inc(name: str, n: int = 1) -> None:
+def _counter(name: str):
   counter = _counters.get(name)
   if counter is None:
     counter = _counters[name] = Metrics.counter(NAMESPACE, name)
-  counter.inc(n)
+  return counter
+
+
+def inc(name: str, n: int = 1) -> None:
+  if MetricsEnvironment.current_container() is None:
+    with _deferred_lock:
+      _deferred[name] += n
+    return
+  _counter(name).inc(n)
+
+
+def flush_deferred() -> None:
+  """Moves deferred increments into the calling Beam thread's metrics container."""
+  if not _deferred or MetricsEnvironment.current_container() is None:
+    return
+  with _deferred_lock:
+    pending = dict(_deferred)
+    _deferred.clear()
+  for name, n in pending.items():
+    _counter(name).inc(n)
 
 
 def born(n: int = 1) -> None:

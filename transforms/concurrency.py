@@ -20,6 +20,8 @@ import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms import accounting
+
 _LOG = logging.getLogger(__name__)
 
 
@@ -116,6 +118,7 @@ class AsyncDoFn(beam.DoFn):
   def _emit(self, entry) -> Iterable[Any]:
     future, element, timestamp, window = entry
     self._in_flight -= 1
+    accounting.flush_deferred()
     exc = future.exception()
     if exc is None:
       outputs = future.result()

@@ -19,6 +19,15 @@ from typing import Dict, Optional
 from transforms.nostr_event import KeyError_, Signer, derive_public_key, parse_private_key, \
   parse_public_key
 
+# Encryption at rest (transforms/key_crypto.py): values `enc:v1:...` need a decryptor.
+from transforms.key_crypto import is_encrypted
+
+NO_KEK_REASON = "encrypted key but no KEK configured: set --kek"
+PLAINTEXT_DB_WARNING = ("keys database is plaintext (%d keys stored unencrypted); encrypt it "
+                        "with `python -m pipeline.keys encrypt`")
+PLAINTEXT_IN_ENCRYPTED_WARNING = ("%d plaintext keys in an encrypted database; re-run "
+                                  "`python -m pipeline.keys encrypt` on it")
+
 _LOG = logging.getLogger(__name__)
 
 
@@ -29,9 +38,26 @@ class KeyStoreError(RuntimeError):
 class KeyStore:
   """Pubkey -> Signer, with the refused rows counted by reason."""
 
-  def __init__(self, signers: Dict[str, Signer], refused: Dict[str, int]):
+  def __init__(self, signers: Dict[str, Signer], refused: Dict[str, int],
+               encrypted_rows: int = 0, plaintext_rows: int = 0, kek_configured: bool = False):
     self._signers = signers
     self.refused = refused
+    # Rows by storage form (usable or not), so the run can warn about plaintext once.
+    self.encrypted_rows = encrypted_rows
+    self.plaintext_rows = plaintext_rows
+    self.kek_configured = kek_configured
+
+  @property
+  def total_rows(self) -> int:
+    return self.encrypted_rows + self.plaintext_rows
+
+  def storage_warning(self) -> Optional[str]:
+    """The one warning a run should print about plaintext keys, or None."""
+    if not self.plaintext_rows:
+      return None
+    if self.kek_configured or self.encrypted_rows:
+      return PLAINTEXT_IN_ENCRYPTED_WARNING % self.plaintext_rows
+    return PLAINTEXT_DB_WARNING % self.plaintext_rows
 
   def __len__(self):
     return len(self._signers)
@@ -51,8 +77,10 @@ class KeyStore:
 
     Args:
       path: the SQLite file.
-      decrypt: optional callable turning a stored private-key value into plaintext
-        (for encrypted databases); None reads plaintext values.
+      decrypt: optional callable `decrypt(stored_value, pubkey_hex) -> plaintext`
+        (transforms.key_crypto.make_decryptor) for encrypted values. Plaintext
+        values are read as they are and counted; encrypted values without it are
+        refused (NO_KEK_REASON).
     """
     if not path or not os.path.isfile(path):
       raise KeyStoreError("keys database not found: %s (set --keys-db or MIGRATION_DB)" % path)
@@ -70,10 +98,21 @@ class KeyStore:
       raise KeyStoreError("keys database %s unusable: %s" % (path, type(exc).__name__)) from None
     signers: Dict[str, Signer] = {}
     refused: Dict[str, int] = {}
+    encrypted_rows = plaintext_rows = 0
     for index, (stored_pub, stored_priv) in enumerate(rows):
+      encrypted = is_encrypted(stored_priv)
+      if encrypted:
+        encrypted_rows += 1
+      else:
+        plaintext_rows += 1
       try:
         pubkey = parse_public_key(stored_pub)
-        value = decrypt(stored_priv) if decrypt else stored_priv
+        if not encrypted:
+          value = stored_priv
+        elif decrypt is None:
+          raise KeyError_(NO_KEK_REASON)
+        else:
+          value = decrypt(stored_priv, pubkey)
         privkey = parse_private_key(value)
         if derive_public_key(privkey) != pubkey:
           raise KeyError_("private key does not derive the stored public key")
@@ -85,6 +124,10 @@ class KeyStore:
       if pubkey in signers:
         continue
       signers[pubkey] = Signer(privkey)
-    _LOG.info("keys database: %d usable keys, %d rows refused", len(signers),
-              sum(refused.values()))
-    return cls(signers, refused)
+    _LOG.info("keys database: %d usable keys, %d rows refused (%d encrypted, %d plaintext)",
+              len(signers), sum(refused.values()), encrypted_rows, plaintext_rows)
+    store = cls(signers, refused, encrypted_rows, plaintext_rows, decrypt is not None)
+    warning = store.storage_warning()
+    if warning:
+      _LOG.warning("%s", warning)
+    return store

@@ -16,7 +16,7 @@ from apache_beam.pvalue import TaggedOutput
 from transforms import accounting
 from transforms import dead_letters as dl
 from transforms.concurrency import wrap_output
-from transforms.key_store import KeyStore
+from transforms.signing import load_key_store
 from transforms.records import WorkItem
 from transforms.relay_client import RelayPublisher
 
@@ -54,7 +54,7 @@ class PublishEventsFn(beam.DoFn):
   """WorkItem -> result record; tagged dead letters and monitor lines."""
 
   def __init__(self, relays: Sequence[str], run_id: str, keys_db: Optional[str] = None,
-               min_relays: Optional[int] = None, max_in_flight: int = 200,
+               kek_spec: str = "", min_relays: Optional[int] = None, max_in_flight: int = 200,
                ack_timeout: float = 15.0, max_attempts: int = 5, backoff_base: float = 0.5):
     super().__init__()
     if not relays:
@@ -62,6 +62,7 @@ class PublishEventsFn(beam.DoFn):
     self._relays = list(relays)
     self._run_id = run_id
     self._keys_db = keys_db
+    self._kek_spec = kek_spec
     self._min_relays = min(min_relays or len(relays), len(relays))
     self._max_in_flight = max_in_flight
     self._ack_timeout = ack_timeout
@@ -71,7 +72,7 @@ class PublishEventsFn(beam.DoFn):
   def setup(self):
     auth = None
     if self._keys_db:
-      keys = KeyStore.load(self._keys_db)
+      keys = load_key_store(self._keys_db, self._kek_spec)
       auth = keys.signer_for  # NIP-42: answer AUTH with the key of the event's author
     self._publishers = [
         RelayPublisher(url, max_in_flight=self._max_in_flight, ack_timeout=self._ack_timeout,

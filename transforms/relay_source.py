@@ -33,6 +33,14 @@ def _raw_id(event: Any) -> str:
   return hashlib.sha256(json.dumps(event, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _decode_line(line: str) -> Any:
+  """An NDJSON line; a line that is not JSON is kept as text and fails validation."""
+  try:
+    return json.loads(line)
+  except ValueError:
+    return {"unparseable_line": line[:1000]}
+
+
 class FetchRelayEventsFn(beam.DoFn):
   """relay URL -> raw event dicts (unverified)."""
 
@@ -115,13 +123,15 @@ class ReadRelayEvents(beam.PTransform):
   """PBegin -> {main: (vine_id, SourceEvent), skipped, dead_letter}."""
 
   def __init__(self, relays: Sequence[str], run_id: str, page_size: int = 500,
-               max_pages: Optional[int] = None, raw_events=None):
+               max_pages: Optional[int] = None, raw_events=None,
+               events_file: Optional[str] = None):
     super().__init__()
     self._relays = list(relays)
     self._run_id = run_id
     self._page_size = page_size
     self._max_pages = max_pages
     self._raw_events = raw_events  # a PTransform producing raw events (tests, replay)
+    self._events_file = events_file  # extra NDJSON events, e.g. a relay export
 
   def expand(self, pbegin):
     if self._raw_events is not None:
@@ -130,6 +140,11 @@ class ReadRelayEvents(beam.PTransform):
       raw = (pbegin
              | "ListRelays" >> beam.Create(self._relays)
              | "FetchEvents" >> beam.ParDo(FetchRelayEventsFn(self._page_size, self._max_pages)))
+    if self._events_file:
+      from_file = (pbegin
+                   | "ReadEventsFile" >> beam.io.ReadFromText(self._events_file)
+                   | "DecodeEventLines" >> beam.Map(_decode_line))
+      raw = (raw, from_file) | "MergeEventSources" >> beam.Flatten()
     checked = raw | "VerifyEvents" >> beam.ParDo(ValidateEventFn()).with_outputs(
         INVALID, main="valid")
     newest = (checked.valid

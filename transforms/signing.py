@@ -16,6 +16,7 @@ from apache_beam.pvalue import TaggedOutput
 from transforms import accounting
 from transforms import dead_letters as dl
 from transforms.event_builder import build_video_event, is_up_to_date
+from transforms.key_crypto import decryptor_for_spec
 from transforms.key_store import KeyStore
 from transforms.nostr_event import validate_event
 from transforms.records import SKIP_UP_TO_DATE, WorkItem
@@ -23,6 +24,11 @@ from transforms.records import SKIP_UP_TO_DATE, WorkItem
 _LOG = logging.getLogger(__name__)
 
 NO_SIGNING_KEY = "no_signing_key"
+
+
+def load_key_store(keys_db: str, kek_spec: str = "") -> KeyStore:
+  """The key store for a DoFn's setup(): decrypted with the KEK when one is configured."""
+  return KeyStore.load(keys_db, decrypt=decryptor_for_spec(kek_spec) if kek_spec else None)
 
 
 class BuildVideoEventFn(beam.DoFn):
@@ -55,13 +61,14 @@ class BuildVideoEventFn(beam.DoFn):
 class SignEventFn(beam.DoFn):
   """WorkItem -> WorkItem with `signed` set, signed by the original author's key."""
 
-  def __init__(self, keys_db: str, run_id: str):
+  def __init__(self, keys_db: str, run_id: str, kek_spec: str = ""):
     super().__init__()
     self._keys_db = keys_db  # a path, never key material
+    self._kek_spec = kek_spec  # a reference (env:NAME, file:PATH, ...), never the key
     self._run_id = run_id
 
   def setup(self):
-    self._keys = KeyStore.load(self._keys_db)
+    self._keys = load_key_store(self._keys_db, self._kek_spec)
 
   def process(self, item: WorkItem) -> Iterator[Any]:
     signer = self._keys.signer_for(item.pubkey)

@@ -1,0 +1,176 @@
+"""Tests for transforms.blurhash_fast: exact agreement with `blurhash.encode`, safe decoding."""
+
+import io
+import math
+import struct
+import zlib
+
+import blurhash
+import numpy as np
+import pytest
+from PIL import Image
+
+from transforms import blurhash_fast
+from transforms.blurhash_fast import ThumbnailError, blurhash_for_thumbnail, encode, thumbnail_pixels
+
+
+def _reference(arr, x=4, y=3):
+  return blurhash.encode(arr.tolist(), x, y)
+
+
+def _random_images(count, seed):
+  """Uniform noise, blocky, Gaussian-around-a-colour and near-solid images, in turn."""
+  rng = np.random.default_rng(seed)
+  for k in range(count):
+    kind = k % 4
+    if kind == 0:
+      yield rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    elif kind == 1:
+      blocks = rng.integers(0, 256, (4, 4, 3)).astype(np.float64)
+      yield np.kron(blocks, np.ones((8, 8, 1))).astype(np.uint8)
+    elif kind == 2:
+      centre, spread = rng.integers(0, 256), rng.integers(1, 60)
+      yield np.clip(rng.normal(centre, spread, (32, 32, 3)), 0, 255).astype(np.uint8)
+    else:
+      arr = np.full((32, 32, 3), rng.integers(0, 256, 3), dtype=np.uint8)
+      arr[rng.integers(0, 32), rng.integers(0, 32)] = rng.integers(0, 256, 3)
+      yield arr
+
+
+def _special_images():
+  yy, xx = np.mgrid[0:32, 0:32]
+  black = np.zeros((32, 32, 3), np.uint8)
+  white = np.full((32, 32, 3), 255, np.uint8)
+  one_pixel = black.copy()
+  one_pixel[13, 21] = 255
+  corner = black.copy()
+  corner[0, 0] = (255, 0, 0)
+  hgrad = np.repeat((xx * 255 // 31)[:, :, None], 3, axis=2).astype(np.uint8)
+  vgrad = np.repeat((yy * 255 // 31)[:, :, None], 3, axis=2).astype(np.uint8)
+  diag = np.stack([xx * 8, yy * 8, (xx + yy) * 4], -1).astype(np.uint8)
+  checker = (((xx + yy) % 2) * 255).astype(np.uint8)[:, :, None].repeat(3, axis=2)
+  return {
+      "black": black, "white": white, "one_pixel": one_pixel, "corner": corner,
+      "hgrad": hgrad, "vgrad": vgrad, "diag": diag, "checker": checker,
+      "grey128": np.full((32, 32, 3), 128, np.uint8),
+  }
+
+
+def test_matches_reference_on_random_images():
+  mismatches = [k for k, arr in enumerate(_random_images(500, seed=1234))
+                if encode(arr) != _reference(arr)]
+  assert mismatches == []
+
+
+@pytest.mark.parametrize("name", sorted(_special_images()))
+def test_matches_reference_on_special_images(name):
+  arr = _special_images()[name]
+  assert encode(arr) == _reference(arr)
+
+
+@pytest.mark.parametrize("xy", [(1, 1), (9, 9), (3, 4), (5, 2)])
+def test_other_component_counts_and_sizes(xy):
+  rng = np.random.default_rng(5)
+  for shape in ((32, 32, 3), (12, 20, 3)):
+    arr = rng.integers(0, 256, shape, dtype=np.uint8)
+    assert encode(arr, *xy) == _reference(arr, *xy)
+
+
+def test_components_are_bit_identical_to_sequential_sums():
+  # Guards the summation order itself, not just the rounded string.
+  rng = np.random.default_rng(9)
+  arr = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  got = blurhash_fast.components(arr)
+  lin = [[[blurhash.srgb_to_linear(v) for v in px] for px in row] for row in arr.tolist()]
+  want = []
+  for j in range(3):
+    for i in range(4):
+      norm = 1.0 if (i == 0 and j == 0) else 2.0
+      comp = [0.0, 0.0, 0.0]
+      for y in range(32):
+        for x in range(32):
+          basis = norm * math.cos(math.pi * float(i) * float(x) / 32.0) * \
+              math.cos(math.pi * float(j) * float(y) / 32.0)
+          for c in range(3):
+            comp[c] += basis * lin[y][x][c]
+      want.append([v / 1024.0 for v in comp])
+  assert got.tolist() == want
+
+
+def test_accepts_pil_image_and_rejects_bad_input():
+  arr = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  assert encode(Image.fromarray(arr)) == _reference(arr)
+  assert encode(Image.fromarray(arr).convert("RGBA")) == _reference(arr)
+  with pytest.raises(ValueError):
+    encode(arr.astype(np.float32))
+  with pytest.raises(ValueError):
+    encode(arr[:, :, 0])
+  with pytest.raises(ValueError):
+    encode(arr, 0, 3)
+
+
+def _jpeg(size=480, quality=85):
+  yy, xx = np.mgrid[0:size, 0:size]
+  arr = np.stack([xx * 255 // (size - 1), yy * 255 // (size - 1),
+                  (xx + yy) * 255 // (2 * size - 2)], -1).astype(np.uint8)
+  arr[200:280, 100:380] = (230, 40, 90)
+  buf = io.BytesIO()
+  Image.fromarray(arr).save(buf, "JPEG", quality=quality)
+  return buf.getvalue()
+
+
+def _png_header_only(width, height):
+  def chunk(kind, payload):
+    return (struct.pack(">I", len(payload)) + kind + payload
+            + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+  return (b"\x89PNG\r\n\x1a\n"
+          + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+          + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_thumbnail_pixels_of_real_jpeg():
+  data = _jpeg()
+  pixels = thumbnail_pixels(data)
+  assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
+  assert pixels.flags["C_CONTIGUOUS"]
+  assert pixels[0, 0].max() < 30 and pixels[-1, -1].min() > 220
+  # The red bar survives the downscale.
+  r, g, b = (int(v) for v in pixels[15, 16])
+  assert r > 180 and g < 90 and b < 130
+  hashed = blurhash_for_thumbnail(data)
+  assert hashed == _reference(pixels)
+  assert len(hashed) == 28
+  # Deterministic.
+  assert blurhash_for_thumbnail(data) == hashed
+
+
+def test_thumbnail_converts_other_modes():
+  for mode in ("L", "RGBA", "P", "CMYK"):
+    img = Image.new("RGB", (64, 48), (10, 200, 30)).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG" if mode in ("L", "CMYK") else "PNG")
+    pixels = thumbnail_pixels(buf.getvalue())
+    assert pixels.shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all" * 10, b"\xff\xd8\xff\xe0garbage"])
+def test_garbage_is_refused(data):
+  with pytest.raises(ThumbnailError):
+    thumbnail_pixels(data)
+
+
+def test_truncated_jpeg_is_refused():
+  data = _jpeg()
+  with pytest.raises(ThumbnailError, match="truncated"):
+    thumbnail_pixels(data[: len(data) // 2])
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+  with pytest.raises(ThumbnailError):
+    thumbnail_pixels(_png_header_only(30000, 30000))
+  with pytest.raises(ThumbnailError, match="pixel cap"):
+    thumbnail_pixels(_png_header_only(8000, 6000))
+
+
+def test_thumbnail_error_is_a_value_error():
+  assert issubclass(ThumbnailError, ValueError)

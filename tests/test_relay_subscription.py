@@ -1,0 +1,286 @@
+"""Tests for transforms.relay_subscription against real LocalRelay processes (devstack.relay).
+
+The FnApiRunner behind the DirectRunner cannot run an unbounded SDF through a
+GroupByKey, so the subscription client is tested directly and the SDF's
+process() is driven the way a runner drives it: a real tracker and watermark
+estimator per call, the deferred residual fed to the next call.
+"""
+
+import json
+import threading
+import time
+
+import apache_beam as beam
+import pytest
+from apache_beam.io.restriction_trackers import OffsetRange
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRestrictionTracker
+from apache_beam.testing import test_pipeline, test_stream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.utils.timestamp import Duration, Timestamp
+from websockets.sync.server import serve
+
+from devstack.relay import RelayProcess
+from transforms.accounting import NAMESPACE
+from transforms.nostr_event import Signer, generate_private_key
+from transforms.records import VIDEO_KIND
+from transforms.relay_client import RelayPublisher
+from transforms.relay_subscription import (
+    MAX_POSITION,
+    OWN_EVENTS_IGNORED,
+    ReadRelaySubscriptionFn,
+    RelaySubscriptionClient,
+    SubscribeRelayEvents,
+    SubscriptionTracker,
+    is_own_event,
+)
+
+_UID = "0123456789abcdef0123456789abcdef"
+_SIGNER = Signer(generate_private_key())
+
+
+def _event(created_at, n, tags=()):
+  return _SIGNER.sign({"created_at": created_at, "kind": VIDEO_KIND,
+                       "tags": [["d", "vine%07d" % n]] + [list(t) for t in tags],
+                       "content": "video %d" % n})
+
+
+def _publish(url, events):
+  with RelayPublisher(url) as pub:
+    for event in events:
+      pub.submit(event)
+    results = pub.drain(timeout=20)
+  assert all(r.accepted for r in results), [r.message for r in results]
+
+
+def _collect(client, want, timeout=10.0):
+  """Polls until `want` events came (then 0.3 s more, to catch extras) or timeout."""
+  got = []
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline and len(got) < want:
+    event = client.poll(deadline - time.monotonic())
+    if event is not None:
+      got.append(event)
+  got.extend(client.events(max_seconds=0.3))
+  return got
+
+
+def _ids(events):
+  return sorted(e["id"] for e in events)
+
+
+@pytest.fixture(scope="module")
+def relay():
+  with RelayProcess() as proc:
+    yield proc
+
+
+# ---------------------------------------------------------------------------
+# Pure parts.
+
+
+def test_is_own_event_needs_migration_tag_and_matching_stream_uid():
+  own = {"tags": [["d", "x"], ["migration", "openvine-to-stream", _UID], ["stream_uid", _UID]]}
+  assert is_own_event(own)
+  other_uid = {"tags": [["migration", "openvine-to-stream", _UID], ["stream_uid", "f" * 32]]}
+  assert not is_own_event(other_uid)
+  assert not is_own_event({"tags": [["migration", "openvine-to-stream", _UID]]})
+  assert not is_own_event({"tags": [["migration", "other-migration", _UID], ["stream_uid", _UID]]})
+  assert not is_own_event({"tags": [["d", "x"]]})
+  for junk in (None, "event", {}, {"tags": "x"}, {"tags": [7, None]}, {"tags": [["migration"]]}):
+    assert not is_own_event(junk)
+
+
+def test_tracker_repeats_claims_checkpoints_and_refuses_other_splits():
+  tracker = SubscriptionTracker(OffsetRange(100, MAX_POSITION))
+  assert tracker.try_claim(105) and tracker.try_claim(105) and tracker.try_claim(107)
+  with pytest.raises(ValueError):
+    tracker.try_claim(106)
+  assert tracker.try_split(0.5) is None
+  primary, residual = tracker.try_split(0)
+  assert (primary, residual) == (OffsetRange(100, 108), OffsetRange(108, MAX_POSITION))
+  assert not tracker.try_claim(107)
+  tracker.check_done()
+  idle = SubscriptionTracker(OffsetRange(100, MAX_POSITION))
+  assert idle.try_split(0)[1] == OffsetRange(100, MAX_POSITION)
+  idle.check_done()
+
+
+def test_composite_drops_own_events_and_duplicates_across_relays():
+  now = int(time.time())
+  first, second = _event(now - 5, 1), _event(now - 4, 2)
+  own = _event(now - 3, 3, tags=[["migration", "openvine-to-stream", _UID], ["stream_uid", _UID]])
+  stream = (test_stream.TestStream()
+            .advance_watermark_to(0)
+            .add_elements([first, own, second])
+            .advance_processing_time(1)
+            .add_elements([first, second])  # the same events from a second relay
+            .advance_watermark_to_infinity())
+  p = test_pipeline.TestPipeline(options=PipelineOptions(streaming=True))
+  out = p | "Subscribe" >> SubscribeRelayEvents(["ws://127.0.0.1:1"], since=0, raw_events=stream)
+  assert_that(out | beam.Map(lambda e: e["id"]), equal_to([first["id"], second["id"]]),
+              label="CheckEvents")
+  result = p.run()
+  result.wait_until_finish()
+  counters = result.metrics().query(
+      MetricsFilter().with_namespace(NAMESPACE).with_name(OWN_EVENTS_IGNORED))["counters"]
+  assert sum(c.committed for c in counters) == 1
+
+
+# ---------------------------------------------------------------------------
+# The client against a real relay.
+
+
+def test_client_reads_backlog_since_then_live_events_once(relay):
+  now = int(time.time())
+  before = [_event(now - 30 + i, 100 + i) for i in range(5)]
+  too_old = _event(now - 500, 99)
+  _publish(relay.url, before + [too_old])
+  with RelaySubscriptionClient(relay.url, {"kinds": [VIDEO_KIND]}, since=now - 60) as client:
+    got = _collect(client, 5)
+    assert _ids(got) == _ids(before)
+    live = [_event(int(time.time()), 200 + i) for i in range(3)]
+    _publish(relay.url, live)
+    got_live = _collect(client, 3)
+    assert _ids(got_live) == _ids(live)
+    assert client.reconnects == 0 and client.received == 8
+
+
+def test_client_reconnects_after_restart_and_misses_nothing(tmp_path):
+  with RelayProcess(lmdb=str(tmp_path / "lmdb")) as proc:
+    now = int(time.time())
+    first = [_event(now - 3, 300 + i) for i in range(4)]
+    _publish(proc.url, first)
+    client = RelaySubscriptionClient(proc.url, {"kinds": [VIDEO_KIND]}, since=now - 60,
+                                     backoff_base=0.1, backoff_cap=0.5)
+    with client:
+      assert _ids(_collect(client, 4)) == _ids(first)
+      proc.stop()
+      assert client.poll(0.5) is None and not client.connected
+      proc.start()
+      # Published while the client is still disconnected: one at the second it saw last,
+      # which only an inclusive, overlapping `since` re-reads.
+      during = [_event(now - 3, 400), _event(int(time.time()), 401)]
+      _publish(proc.url, during)
+      got = _collect(client, 2)
+      assert _ids(got) == _ids(during)
+      assert client.reconnects >= 1 and client.duplicates >= 4  # the overlap was re-read
+      after = [_event(int(time.time()), 402)]
+      _publish(proc.url, after)
+      assert _ids(_collect(client, 1)) == _ids(after)
+
+
+def test_client_pages_back_when_the_relay_caps_stored_events():
+  now = int(time.time())
+  stored = [_event(now - 100 + i // 3, 700 + i) for i in range(40)]  # 3 per second
+  cap = 10
+
+  def handle(conn):
+    for raw in conn:
+      msg = json.loads(raw)
+      if msg[0] != "REQ":
+        continue
+      flt = msg[2]
+      match = [e for e in stored if flt.get("since", 0) <= e["created_at"]
+               <= flt.get("until", now + 10)]
+      match.sort(key=lambda e: (-e["created_at"], e["id"]))
+      for event in match[:min(cap, flt.get("limit", cap))]:
+        conn.send(json.dumps(["EVENT", msg[1], event]))
+      conn.send(json.dumps(["EOSE", msg[1]]))
+
+  with serve(handle, "127.0.0.1", 0) as server:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = "ws://127.0.0.1:%d" % server.socket.getsockname()[1]
+    with RelaySubscriptionClient(url, {"kinds": [VIDEO_KIND]}, since=now - 200,
+                                 page_size=cap) as client:
+      got = _collect(client, len(stored))
+    server.shutdown()
+  assert _ids(got) == _ids(stored)
+
+
+# ---------------------------------------------------------------------------
+# The SDF, driven the way a runner drives it.
+
+
+def _bundle_or_none(fn, element, restriction, watermark=None):
+  """One process() call as a runner makes it: (outputs, residual, delay, watermark)."""
+  tracker = ThreadsafeRestrictionTracker(SubscriptionTracker(restriction))
+  estimator = ManualWatermarkEstimator(watermark)
+  out = list(fn.process(element, tracker=RestrictionTrackerView(tracker),
+                        watermark_estimator=estimator))
+  tracker.check_done()
+  residual, delay = tracker.deferred_status() or (None, None)
+  return out, residual, delay, estimator.current_watermark()
+
+
+def _bundle(fn, element, restriction, watermark):
+  out, residual, delay, mark = _bundle_or_none(fn, element, restriction, watermark)
+  assert residual is not None  # an unbounded read always defers its remainder
+  return out, residual, delay, mark
+
+
+def test_sdf_checkpoints_resumes_and_survives_a_restart(tmp_path):
+  fn = ReadRelaySubscriptionFn(max_bundle_events=3, max_bundle_seconds=5.0, idle_seconds=0.5,
+                               resume_delay_seconds=1.0, watermark_lag_seconds=2.0)
+  fn.setup()
+  try:
+    with RelayProcess(lmdb=str(tmp_path / "lmdb")) as proc:
+      now = int(time.time())
+      backlog = [_event(now - 20 + i, 500 + i) for i in range(5)]
+      _publish(proc.url, backlog)
+      element = (proc.url, now - 60)
+      restriction, watermark = OffsetRange((now - 60) * 1000, MAX_POSITION), None
+      seen, delays = [], []
+      for _ in range(3):
+        out, restriction, delay, new_mark = _bundle(fn, element, restriction, watermark)
+        for value in out:
+          assert watermark is None or value.timestamp >= watermark
+        assert watermark is None or new_mark >= watermark
+        watermark = new_mark
+        seen.extend(v.value for v in out)
+        delays.append(delay)
+      # 5 events with a budget of 3: a full bundle resumes at once, an idle one after a delay.
+      assert _ids(seen) == _ids(backlog)
+      assert delays[0] == Duration(0) and Duration(0.5) < delays[-1] <= Duration(1.0)
+      # Two checkpoints inside the newest event's second, no drift past it.
+      assert restriction.start == max(e["created_at"] for e in backlog) * 1000 + 2
+      assert watermark <= Timestamp.now() - 1.9
+
+      proc.stop()
+      out, restriction, _, watermark = _bundle(fn, element, restriction, watermark)
+      assert out == []
+      proc.start()
+      during = [_event(int(time.time()) - 1, 600), _event(int(time.time()), 601)]
+      _publish(proc.url, during)
+      got = []
+      for _ in range(6):
+        out, restriction, _, watermark = _bundle(fn, element, restriction, watermark)
+        got.extend(v.value for v in out)
+        if len(got) >= 2:
+          break
+      assert _ids(got) == _ids(during)
+
+      # The residual moves to another worker: a new subscription from start - overlap.
+      # It may re-read the overlap (the composite's dedupe drops those), never loses.
+      other = ReadRelaySubscriptionFn(idle_seconds=0.5, max_bundle_seconds=3.0)
+      other.setup()
+      try:
+        last = [_event(int(time.time()), 602)]
+        _publish(proc.url, last)
+        out, _, _, _ = _bundle(other, element, restriction, watermark)
+        ids = {v.value["id"] for v in out}
+        assert last[0]["id"] in ids
+        assert ids <= {e["id"] for e in seen + got + last}
+      finally:
+        other.teardown()
+  finally:
+    fn.teardown()
+
+
+def test_sdf_ends_the_restriction_of_a_bad_url_instead_of_failing():
+  fn = ReadRelaySubscriptionFn()
+  fn.setup()
+  out, residual, _, _ = _bundle_or_none(fn, ("http://relay.example", 0), OffsetRange(0, MAX_POSITION))
+  assert out == [] and residual is None

@@ -1,0 +1,719 @@
+"""A small, strict Nostr relay client (NIP-01, NIP-42) over websocket-client.
+
+Reading: ``fetch_events`` pages a filter backwards with an inclusive ``until``
+and de-duplicates by id. Writing: ``RelayPublisher`` keeps many events in flight
+on one connection, matches OK messages by id, classifies them by prefix, retries
+transient refusals with backoff, answers NIP-42 AUTH challenges, and reconnects
+and resends whatever was unacknowledged when a relay goes away.
+
+Nothing here opens a connection at import time, and a publisher is built where
+it is used (a DoFn's ``setup()``), never pickled. Logs carry ids and counts only,
+never event contents or keys.
+"""
+
+import collections
+import dataclasses
+import ipaddress
+import json
+import logging
+import queue
+import random
+import threading
+import time
+import urllib.parse
+import uuid
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set
+
+import websocket
+
+_LOG = logging.getLogger(__name__)
+
+OUTCOME_ACCEPTED = "accepted"
+OUTCOME_DUPLICATE = "duplicate"
+OUTCOME_PERMANENT = "permanent"
+OUTCOME_TRANSIENT_EXHAUSTED = "transient_exhausted"
+
+_TRANSIENT_PREFIXES = ("rate-limited", "error")
+_AUTH_KIND = 22242
+_FETCH_TRIES = 4
+
+
+class RelayError(RuntimeError):
+  """A relay refused a subscription or could not be read after retries."""
+
+
+def validate_relay_url(url: str, allow_loopback_ws: bool = True) -> str:
+  """Checks a relay url: wss:// anywhere, ws:// only for loopback hosts.
+
+  Args:
+    url: the relay url.
+    allow_loopback_ws: whether ws:// is allowed for 127.0.0.0/8, ::1 and localhost.
+
+  Returns:
+    The url, stripped of surrounding whitespace.
+
+  Raises:
+    ValueError: the url (named in the message) is not an acceptable relay url.
+  """
+  text = (url or "").strip() if isinstance(url, str) else ""
+  try:
+    parts = urllib.parse.urlsplit(text)
+    host = parts.hostname
+    _ = parts.port  # raises ValueError on a bad port
+  except ValueError:
+    raise ValueError("relay url %r is not a valid url" % (url,)) from None
+  scheme = parts.scheme.lower()
+  if not host:
+    raise ValueError("relay url %r has no host" % (url,))
+  if scheme == "wss":
+    return text
+  if scheme == "ws":
+    if allow_loopback_ws and _is_loopback(host):
+      return text
+    raise ValueError("relay url %r must use wss:// (ws:// is only allowed for loopback)" % (url,))
+  raise ValueError("relay url %r must start with wss://" % (url,))
+
+
+def _is_loopback(host: str) -> bool:
+  if host.lower() == "localhost":
+    return True
+  try:
+    return ipaddress.ip_address(host).is_loopback
+  except ValueError:
+    return False
+
+
+def _backoff(attempt: int, base: float, cap: float) -> float:
+  """Exponential backoff with equal jitter: between half and all of base * 2**(attempt-1)."""
+  delay = min(cap, base * (2 ** max(0, attempt - 1)))
+  return delay * (0.5 + random.random() * 0.5)
+
+
+def _prefix(message: str) -> str:
+  head, sep, _ = message.partition(":")
+  return head.strip().lower() if sep else ""
+
+
+# ---------------------------------------------------------------------------
+# Reading.
+
+
+def _decode(raw: Any) -> Optional[list]:
+  try:
+    msg = json.loads(raw)
+  except (TypeError, ValueError):
+    return None
+  if isinstance(msg, list) and msg and isinstance(msg[0], str):
+    return msg
+  return None
+
+
+def _read_page(ws, flt: Dict[str, Any], timeout: float) -> List[dict]:
+  """Sends one REQ and collects its events until EOSE; CLOSEs the subscription."""
+  sub_id = "f" + uuid.uuid4().hex[:15]
+  ws.send(json.dumps(["REQ", sub_id, flt]))
+  deadline = time.monotonic() + timeout
+  events = []
+  while True:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+      raise websocket.WebSocketTimeoutException("no EOSE within %.1f s" % timeout)
+    ws.settimeout(remaining)
+    msg = _decode(ws.recv())
+    if msg is None:
+      _LOG.debug("skipping a malformed relay message")
+      continue
+    kind = msg[0]
+    if len(msg) < 2 or msg[1] != sub_id:
+      continue
+    if kind == "EVENT":
+      event = msg[2] if len(msg) > 2 else None
+      if (isinstance(event, dict) and isinstance(event.get("id"), str)
+          and isinstance(event.get("created_at"), int)
+          and not isinstance(event.get("created_at"), bool)):
+        events.append(event)
+      else:
+        _LOG.debug("skipping a malformed EVENT message on %s", sub_id)
+    elif kind == "EOSE":
+      ws.send(json.dumps(["CLOSE", sub_id]))
+      return events
+    elif kind == "CLOSED":
+      reason = msg[2] if len(msg) > 2 and isinstance(msg[2], str) else ""
+      if _prefix(reason) in _TRANSIENT_PREFIXES:
+        raise websocket.WebSocketException("subscription closed: %s" % reason)
+      raise RelayError("relay closed the subscription: %s" % reason)
+
+
+def fetch_events(url: str, base_filter: Dict[str, Any], page_size: int = 500,
+                 timeout: float = 30.0, max_pages: Optional[int] = None) -> Iterator[dict]:
+  """Yields every event a relay holds for a filter, newest first, each id once.
+
+  Pages backwards with ``until`` = the oldest created_at seen (inclusive, so that
+  second is read again and de-duplicated) and stops when a page adds nothing
+  new. Events are yielded raw: the caller validates them.
+
+  Args:
+    url: relay url (see validate_relay_url).
+    base_filter: a NIP-01 filter; its own ``until`` is the starting point.
+    page_size: the ``limit`` of each REQ.
+    timeout: seconds to wait for one page's EOSE (and to connect).
+    max_pages: stop after this many pages (None: no bound).
+
+  Yields:
+    Event dicts as the relay sent them.
+
+  Raises:
+    RelayError: the relay refused the subscription or could not be read after retries.
+  """
+  url = validate_relay_url(url)
+  seen: Set[str] = set()
+  until = base_filter.get("until")
+  largest_page = 0
+  pages = 0
+  ws = None
+  try:
+    while max_pages is None or pages < max_pages:
+      flt = dict(base_filter)
+      flt["limit"] = page_size
+      if until is not None:
+        flt["until"] = until
+      for attempt in range(1, _FETCH_TRIES + 1):
+        try:
+          if ws is None:
+            ws = websocket.create_connection(url, timeout=timeout)
+          page = _read_page(ws, flt, timeout)
+          break
+        except (websocket.WebSocketException, OSError) as exc:
+          _close_quietly(ws)
+          ws = None
+          if attempt == _FETCH_TRIES:
+            raise RelayError("reading %s failed after %d tries: %s"
+                             % (url, attempt, type(exc).__name__)) from exc
+          _LOG.info("reading %s: %s; reconnecting (try %d)", url, type(exc).__name__, attempt)
+          time.sleep(_backoff(attempt, 0.5, 5.0))
+      pages += 1
+      new = [e for e in page if e["id"] not in seen]
+      if not new:
+        # A full page (by our limit, or by the largest page the relay has returned,
+        # which reveals its own cap) of one second's events may hide more of them.
+        if len(page) >= page_size or (largest_page > 1 and len(page) >= largest_page):
+          _LOG.warning(
+              "relay %s returned a full page of %d already-seen events at until=%s: it may "
+              "hold more events at that second than one page can return", url, len(page), until)
+        break
+      largest_page = max(largest_page, len(page))
+      for event in new:
+        seen.add(event["id"])
+      until = min(e["created_at"] for e in page)
+      yield from new
+    _LOG.debug("read %d events in %d pages from %s", len(seen), pages, url)
+  finally:
+    _close_quietly(ws)
+
+
+def _close_quietly(ws) -> None:
+  if ws is not None:
+    try:
+      ws.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+
+# ---------------------------------------------------------------------------
+# Writing.
+
+
+@dataclasses.dataclass
+class PublishResult:
+  """The final result of publishing one event to one relay."""
+
+  token: Any
+  event_id: str
+  relay: str
+  accepted: bool
+  outcome: str
+  message: str
+  attempts: int
+
+
+_READY, _SENT, _SCHEDULED, _AUTH_WAIT = "ready", "sent", "scheduled", "auth_wait"
+
+
+@dataclasses.dataclass
+class _Entry:
+  event: dict
+  frame: str
+  tokens: List[Any]
+  state: str = _READY
+  attempts: int = 0
+  sent_at: float = 0.0
+  message: str = ""
+
+
+class RelayPublisher:
+  """Publishes events to one relay over one persistent connection, many in flight.
+
+  ``submit`` queues an event (blocking while ``max_in_flight`` are
+  unacknowledged), a sender thread writes it, a reader thread matches OKs by id.
+  Every submitted event ends with exactly one ``PublishResult`` per submit,
+  collected with ``poll`` or ``drain``.
+  """
+
+  def __init__(self, url: str, max_in_flight: int = 200, ack_timeout: float = 10.0,
+               max_attempts: int = 5, backoff_base: float = 0.5, backoff_cap: float = 30.0,
+               connect_timeout: float = 10.0,
+               auth_signer: Optional[Callable[[str], Any]] = None,
+               sleep: Callable[[float], None] = time.sleep,
+               clock: Callable[[], float] = time.monotonic):
+    """Starts the sender and retry threads; the connection opens on the first submit.
+
+    Args:
+      url: relay url (see validate_relay_url).
+      max_in_flight: submitted events without a final result before submit blocks.
+      ack_timeout: seconds to wait for an OK before resending.
+      max_attempts: sends per event before giving up on transient failures.
+      backoff_base: first backoff delay in seconds (doubles per attempt, with jitter).
+      backoff_cap: largest backoff delay in seconds.
+      connect_timeout: seconds for the websocket handshake.
+      auth_signer: pubkey -> Signer (or None) used to answer NIP-42 challenges.
+      sleep: used for every backoff delay (tests pass a fake).
+      clock: monotonic clock for ack deadlines.
+    """
+    self.url = validate_relay_url(url)
+    self.max_in_flight = max(1, max_in_flight)
+    self.ack_timeout = ack_timeout
+    self.max_attempts = max(1, max_attempts)
+    self.backoff_base = backoff_base
+    self.backoff_cap = backoff_cap
+    self.connect_timeout = connect_timeout
+    self._auth_signer = auth_signer
+    self._sleep = sleep
+    self._clock = clock
+    self._lock = threading.Lock()
+    self._cond = threading.Condition(self._lock)
+    self._pending: Dict[str, _Entry] = {}
+    self._ready: Deque[str] = collections.deque()
+    self._results: List[PublishResult] = []
+    self._closed = False
+    # Connection state, all reset on reconnect.
+    self._ws = None
+    self._gen = 0
+    self._last_recv = 0.0
+    self._challenge: Optional[str] = None
+    self._authed: Set[str] = set()
+    self._auth_inflight: Dict[str, tuple] = {}  # auth id -> (pubkey, sent_at, challenge)
+    self._auth_waiting: Dict[str, List[str]] = {}  # pubkey -> event ids
+    self._auth_failures: Dict[str, int] = {}
+    self._outbox: Deque[str] = collections.deque()  # AUTH frames to send
+    self._connect_failures = 0
+    self._retry_queue: "queue.Queue" = queue.Queue()
+    self._sender = threading.Thread(target=self._send_loop, name="relay-sender", daemon=True)
+    self._retrier = threading.Thread(target=self._retry_loop, name="relay-retry", daemon=True)
+    self._sender.start()
+    self._retrier.start()
+
+  # -- public API ------------------------------------------------------------
+
+  def submit(self, event: dict, token: Any = None) -> None:
+    """Queues one signed event; blocks while max_in_flight events are unacknowledged.
+
+    Raises:
+      ValueError: the event has no string id or cannot be sent as UTF-8 JSON.
+      RuntimeError: the publisher is closed.
+    """
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+      raise ValueError("event must be a dict with a string id")
+    event_id = event["id"]
+    try:
+      # Serialised once, and checked here: a frame that cannot be sent would break
+      # the connection for every other event in flight.
+      frame = json.dumps(["EVENT", event], ensure_ascii=False)
+      frame.encode("utf-8")
+    except (TypeError, ValueError):
+      raise ValueError("event %s cannot be sent as UTF-8 JSON" % event_id) from None
+    with self._cond:
+      while not self._closed and len(self._pending) >= self.max_in_flight:
+        self._cond.wait()
+      if self._closed:
+        raise RuntimeError("publisher for %s is closed" % self.url)
+      entry = self._pending.get(event_id)
+      if entry is not None:
+        entry.tokens.append(token)
+        return
+      self._pending[event_id] = _Entry(event=event, frame=frame, tokens=[token])
+      self._ready.append(event_id)
+      self._cond.notify_all()
+
+  def poll(self) -> List[PublishResult]:
+    """Returns the results completed since the last poll or drain; never blocks."""
+    with self._lock:
+      results, self._results = self._results, []
+    return results
+
+  def drain(self, timeout: Optional[float] = None) -> List[PublishResult]:
+    """Waits until every submitted event has a final result and returns the new results.
+
+    Events still unresolved when the timeout ends get a transient_exhausted result.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with self._cond:
+      while self._pending and not self._closed:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+          _LOG.warning("drain timed out with %d events unresolved on %s",
+                       len(self._pending), self.url)
+          for event_id in list(self._pending):
+            self._finish_locked(event_id, False, OUTCOME_TRANSIENT_EXHAUSTED,
+                                "drain timed out: " + self._pending[event_id].message)
+          break
+        self._cond.wait(remaining if remaining is None else min(remaining, 1.0))
+    return self.poll()
+
+  def close(self) -> None:
+    """Closes the connection and stops the threads; unresolved events are dropped."""
+    with self._cond:
+      if self._closed:
+        return
+      self._closed = True
+      if self._pending:
+        _LOG.warning("closing publisher for %s with %d events unresolved",
+                     self.url, len(self._pending))
+      ws, self._ws = self._ws, None
+      self._cond.notify_all()
+    self._retry_queue.put(None)
+    _close_quietly(ws)
+    self._sender.join(2.0)
+
+  def __enter__(self) -> "RelayPublisher":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  # -- results and retries (call with the lock held) -------------------------
+
+  def _finish_locked(self, event_id: str, accepted: bool, outcome: str, message: str) -> None:
+    entry = self._pending.pop(event_id, None)
+    if entry is None:
+      return
+    for token in entry.tokens:
+      self._results.append(PublishResult(
+          token=token, event_id=event_id, relay=self.url, accepted=accepted, outcome=outcome,
+          message=message, attempts=entry.attempts))
+    if outcome in (OUTCOME_PERMANENT, OUTCOME_TRANSIENT_EXHAUSTED):
+      _LOG.info("event %s on %s: %s after %d attempts", event_id, self.url, outcome,
+                entry.attempts)
+    self._cond.notify_all()
+
+  def _retry_locked(self, event_id: str, message: str, delay: bool) -> None:
+    """Resends an event (after a backoff if delay) unless it has used every attempt."""
+    entry = self._pending.get(event_id)
+    if entry is None:
+      return
+    entry.message = message
+    if entry.attempts >= self.max_attempts:
+      self._finish_locked(event_id, False, OUTCOME_TRANSIENT_EXHAUSTED, message)
+      return
+    if delay:
+      entry.state = _SCHEDULED
+      wait = _backoff(entry.attempts, self.backoff_base, self.backoff_cap)
+      self._retry_queue.put((self._clock() + wait, wait, event_id))
+    else:
+      entry.state = _READY
+      self._ready.append(event_id)
+      self._cond.notify_all()
+
+  def _retry_loop(self) -> None:
+    """Moves scheduled resends to the ready queue when their backoff has passed."""
+    while True:
+      item = self._retry_queue.get()
+      if item is None:
+        return
+      due, wait, event_id = item
+      remaining = min(wait, due - self._clock())
+      if remaining > 0:
+        self._sleep(remaining)
+      with self._cond:
+        if self._closed:
+          return
+        entry = self._pending.get(event_id)
+        if entry is not None and entry.state == _SCHEDULED:
+          entry.state = _READY
+          self._ready.append(event_id)
+          self._cond.notify_all()
+
+  # -- the sender thread -----------------------------------------------------
+
+  def _send_loop(self) -> None:
+    while True:
+      with self._cond:
+        while not self._closed and not self._pending:
+          self._cond.wait()
+        if self._closed:
+          return
+        connected = self._ws is not None
+      if not connected:
+        self._connect()
+        continue
+      with self._cond:
+        if self._closed:
+          return
+        if self._ws is None:
+          continue
+        self._expire_locked()
+        if self._ws is None:
+          continue  # _expire_locked dropped a silent connection
+        frames, ws, gen = self._take_frames_locked()
+        if not frames:
+          self._cond.wait(self._next_wait_locked())
+          continue
+      for frame in frames:
+        try:
+          ws.send(frame)
+        except Exception as exc:  # pylint: disable=broad-except
+          self._connection_lost(gen, "send failed: %s" % type(exc).__name__)
+          break
+
+  def _take_frames_locked(self):
+    frames = list(self._outbox)
+    self._outbox.clear()
+    now = self._clock()
+    while self._ready and len(frames) < 500:
+      event_id = self._ready.popleft()
+      entry = self._pending.get(event_id)
+      if entry is None or entry.state != _READY:
+        continue
+      if entry.attempts >= self.max_attempts:
+        self._finish_locked(event_id, False, OUTCOME_TRANSIENT_EXHAUSTED,
+                            entry.message or "no final answer")
+        continue
+      entry.state = _SENT
+      entry.attempts += 1
+      entry.sent_at = now
+      frames.append(entry.frame)
+    return frames, self._ws, self._gen
+
+  def _next_wait_locked(self) -> float:
+    now = self._clock()
+    deadlines = [e.sent_at + self.ack_timeout for e in self._pending.values() if e.state == _SENT]
+    deadlines += [sent + self.ack_timeout for _, sent, _ in self._auth_inflight.values()]
+    if not deadlines:
+      return 1.0
+    return min(1.0, max(0.01, min(deadlines) - now))
+
+  def _expire_locked(self) -> None:
+    """Resends events (and retries AUTHs) that got no answer within ack_timeout."""
+    now = self._clock()
+    for auth_id, (_, sent, _) in list(self._auth_inflight.items()):
+      if now - sent >= self.ack_timeout:
+        del self._auth_inflight[auth_id]
+    # An event refused with auth-required gets one more ack_timeout for the AUTH round.
+    expired = [event_id for event_id, e in self._pending.items()
+               if (e.state == _SENT and now - e.sent_at >= self.ack_timeout)
+               or (e.state == _AUTH_WAIT and now - e.sent_at >= 2 * self.ack_timeout)]
+    if not expired:
+      return
+    _LOG.info("%d events without an answer from %s within %.1f s; resending",
+              len(expired), self.url, self.ack_timeout)
+    for event_id in expired:
+      self._retry_locked(event_id, "no answer within %.1f s" % self.ack_timeout, delay=False)
+    # A connection that has been silent the whole time is probably dead.
+    if self._ws is not None and now - self._last_recv >= self.ack_timeout:
+      ws, self._ws = self._ws, None
+      self._reset_connection_locked()
+      threading.Thread(target=_close_quietly, args=(ws,), daemon=True).start()
+
+  # -- connection ------------------------------------------------------------
+
+  def _connect(self) -> None:
+    try:
+      ws = websocket.create_connection(self.url, timeout=self.connect_timeout,
+                                       enable_multithread=True)
+      ws.settimeout(None)
+    except Exception as exc:  # pylint: disable=broad-except
+      self._connect_failed(exc)
+      return
+    with self._cond:
+      if self._closed:
+        _close_quietly(ws)
+        return
+      self._connect_failures = 0
+      self._gen += 1
+      self._ws = ws
+      self._challenge = None  # may have been set by the previous connection's reader
+      self._authed.clear()
+      self._last_recv = self._clock()
+      gen = self._gen
+      self._cond.notify_all()
+    _LOG.debug("connected to %s (connection %d)", self.url, gen)
+    threading.Thread(target=self._read_loop, args=(ws, gen), name="relay-reader",
+                     daemon=True).start()
+
+  def _connect_failed(self, exc: Exception) -> None:
+    with self._cond:
+      self._connect_failures += 1
+      failures = self._connect_failures
+      if failures >= self.max_attempts:
+        message = "could not connect after %d tries: %s" % (failures, type(exc).__name__)
+        _LOG.warning("%s: %s; failing %d events", self.url, message, len(self._pending))
+        for event_id in list(self._pending):
+          self._finish_locked(event_id, False, OUTCOME_TRANSIENT_EXHAUSTED, message)
+        self._connect_failures = 0
+        return
+    delay = _backoff(failures, self.backoff_base, self.backoff_cap)
+    _LOG.info("cannot connect to %s (%s); retrying in %.2f s", self.url,
+              type(exc).__name__, delay)
+    self._sleep(delay)
+
+  def _reset_connection_locked(self) -> None:
+    """Forgets per-connection state; unanswered events go back to the ready queue."""
+    self._challenge = None
+    self._authed.clear()
+    self._auth_inflight.clear()
+    self._auth_failures.clear()
+    self._outbox.clear()
+    self._auth_waiting.clear()
+    unanswered = [i for i, e in self._pending.items() if e.state in (_SENT, _AUTH_WAIT)]
+    for event_id in unanswered:
+      self._retry_locked(event_id, "connection lost", delay=False)
+    if unanswered:
+      _LOG.info("connection to %s lost with %d events unanswered; resending after reconnect",
+                self.url, len(unanswered))
+
+  def _connection_lost(self, gen: int, reason: str) -> None:
+    with self._cond:
+      if gen != self._gen or self._ws is None:
+        return
+      ws, self._ws = self._ws, None
+      _LOG.info("connection %d to %s ended: %s", gen, self.url, reason)
+      self._reset_connection_locked()
+      self._cond.notify_all()
+    _close_quietly(ws)
+
+  # -- the reader thread -----------------------------------------------------
+
+  def _read_loop(self, ws, gen: int) -> None:
+    while True:
+      try:
+        raw = ws.recv()
+      except Exception as exc:  # pylint: disable=broad-except
+        self._connection_lost(gen, type(exc).__name__)
+        return
+      if not raw and not ws.connected:
+        self._connection_lost(gen, "closed")
+        return
+      msg = _decode(raw)
+      if msg is None:
+        _LOG.debug("skipping a malformed message from %s", self.url)
+        continue
+      with self._cond:
+        if gen == self._gen:
+          self._last_recv = self._clock()
+        if msg[0] == "OK" and len(msg) >= 3:
+          self._on_ok_locked(msg, gen)
+        elif msg[0] == "AUTH" and len(msg) >= 2 and isinstance(msg[1], str):
+          if gen == self._gen:
+            self._challenge = msg[1]
+            self._send_auths_locked()
+        elif msg[0] == "NOTICE":
+          _LOG.info("NOTICE from %s: %.200s", self.url, msg[1] if len(msg) > 1 else "")
+
+  def _on_ok_locked(self, msg: list, gen: int) -> None:
+    event_id, accepted = msg[1], msg[2]
+    message = msg[3] if len(msg) > 3 and isinstance(msg[3], str) else ""
+    if not isinstance(event_id, str) or not isinstance(accepted, bool):
+      _LOG.debug("skipping a malformed OK from %s", self.url)
+      return
+    if event_id in self._auth_inflight:
+      self._on_auth_ok_locked(event_id, accepted, message, gen)
+      return
+    entry = self._pending.get(event_id)
+    if entry is None:
+      return  # a late answer to an event already resolved
+    prefix = _prefix(message)
+    if accepted or prefix == "duplicate":
+      outcome = OUTCOME_DUPLICATE if prefix == "duplicate" else OUTCOME_ACCEPTED
+      self._finish_locked(event_id, True, outcome, message)
+      return
+    if entry.state != _SENT:
+      return  # a refusal of an earlier send: the current one is still coming
+    if prefix in _TRANSIENT_PREFIXES:
+      self._retry_locked(event_id, message, delay=True)
+    elif prefix == "auth-required" and gen == self._gen:
+      self._need_auth_locked(event_id, entry, message)
+    elif prefix == "auth-required":
+      self._retry_locked(event_id, message, delay=False)
+    else:
+      self._finish_locked(event_id, False, OUTCOME_PERMANENT, message)
+
+  # -- NIP-42 ----------------------------------------------------------------
+
+  def _need_auth_locked(self, event_id: str, entry: _Entry, message: str) -> None:
+    pubkey = entry.event.get("pubkey")
+    if self._signer_for(pubkey) is None:
+      self._finish_locked(event_id, False, OUTCOME_PERMANENT, "auth-required: no key")
+      return
+    entry.message = message
+    if pubkey in self._authed:
+      # Authenticated yet refused: let the attempt bound end it.
+      self._retry_locked(event_id, message, delay=True)
+      return
+    entry.state = _AUTH_WAIT
+    self._auth_waiting.setdefault(pubkey, []).append(event_id)
+    self._send_auths_locked()
+
+  def _signer_for(self, pubkey: Any):
+    if self._auth_signer is None or not isinstance(pubkey, str):
+      return None
+    try:
+      return self._auth_signer(pubkey)
+    except Exception:  # pylint: disable=broad-except
+      _LOG.warning("auth_signer failed for pubkey %s", pubkey)
+      return None
+
+  def _send_auths_locked(self) -> None:
+    """Queues an AUTH, on the newest challenge, for each pubkey with refused events."""
+    if self._challenge is None:
+      return  # sent when the relay's challenge arrives
+    inflight = {pubkey for pubkey, _, _ in self._auth_inflight.values()}
+    for pubkey, ids in self._auth_waiting.items():
+      signer = self._signer_for(pubkey)
+      if pubkey in inflight or not ids or signer is None:
+        continue
+      auth = signer.sign({
+          "created_at": int(time.time()), "kind": _AUTH_KIND, "content": "",
+          "tags": [["relay", self.url], ["challenge", self._challenge]]})
+      self._auth_inflight[auth["id"]] = (pubkey, self._clock(), self._challenge)
+      self._outbox.append(json.dumps(["AUTH", auth]))
+      _LOG.debug("authenticating to %s as %s", self.url, pubkey)
+    self._cond.notify_all()
+
+  def _on_auth_ok_locked(self, auth_id: str, accepted: bool, message: str, gen: int) -> None:
+    pubkey, _, challenge = self._auth_inflight.pop(auth_id)
+    if gen != self._gen:
+      return
+    if accepted:
+      self._authed.add(pubkey)
+      self._resend_auth_waiting_locked(pubkey, None)
+      return
+    failures = self._auth_failures.get(pubkey, 0) + 1
+    self._auth_failures[pubkey] = failures
+    _LOG.info("AUTH as %s refused by %s (%d times)", pubkey, self.url, failures)
+    if failures >= 3:
+      for event_id in self._auth_waiting.pop(pubkey, []):
+        entry = self._pending.get(event_id)
+        if entry is not None and entry.state == _AUTH_WAIT:
+          self._finish_locked(event_id, False, OUTCOME_PERMANENT, "auth failed: " + message)
+    elif self._challenge != challenge:
+      # Pipelined refusals each bring a new challenge and a relay may keep only the
+      # last few: answer the newest one.
+      self._send_auths_locked()
+    else:
+      # Resending draws a fresh challenge (or succeeds if the connection is now authenticated).
+      self._resend_auth_waiting_locked(pubkey, message)
+
+  def _resend_auth_waiting_locked(self, pubkey: str, message: Optional[str]) -> None:
+    for event_id in self._auth_waiting.pop(pubkey, []):
+      entry = self._pending.get(event_id)
+      if entry is not None and entry.state == _AUTH_WAIT:
+        self._retry_locked(event_id, message or entry.message, delay=False)
