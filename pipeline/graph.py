@@ -11,13 +11,15 @@ collection each; `attach_local_sinks` writes them under the run's output dir.
 
 import dataclasses
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import apache_beam as beam
 
-from pipeline.options import MigrationOptions, split_relays
+from pipeline import replay
+from pipeline.options import MODE_REPLAY, MigrationOptions, split_relays
 from transforms import dead_letters as dl
 from transforms import sinks
+from transforms.bigquery_sinks import WriteDeadLettersToBigQuery, WriteResultsToBigQuery
 from transforms.bigquery_source import ReadVineRows
 from transforms.blurhash_stage import ComputeBlurhashFn
 from transforms.join import JoinOnVineId
@@ -27,6 +29,7 @@ from transforms.publish import PublishEventsFn
 from transforms.relay_source import ReadRelayEvents
 from transforms.signing import BuildVideoEventFn, SignEventFn
 
+BIGQUERY_FAILED_ROWS_FILE = "bigquery_failed_rows.ndjson"
 PUBLISHED = "published"
 DEAD_LETTERS = "dead_letters"
 SKIPPED = "skipped"
@@ -38,6 +41,7 @@ class IOSet:
   """The graph's seams: None means the real source (relays, NDJSON file or BigQuery)."""
   raw_rows: Optional[beam.PTransform] = None
   raw_events: Optional[beam.PTransform] = None
+  raw_dead_letters: Optional[beam.PTransform] = None
 
 
 def _retry_policy(opts: MigrationOptions) -> RetryPolicy:
@@ -47,42 +51,94 @@ def _retry_policy(opts: MigrationOptions) -> RetryPolicy:
 
 def build_graph(p: beam.Pipeline, opts: MigrationOptions, run_id: str,
                 io: Optional[IOSet] = None) -> Dict[str, beam.PCollection]:
-  """Adds the whole migration to `p`; returns its named outputs."""
+  """Adds the whole migration (or a replay, with --mode replay) to `p`; returns its outputs."""
   io = io or IOSet()
   relays = split_relays(opts.relays)
-  rows = p | "ReadVineRows" >> ReadVineRows(
-      run_id, rows_path=opts.rows, project=os.environ.get("BIGQUERY_PROJECT_ID"),
-      dataset=os.environ.get("BIGQUERY_DATASET_ID"), raw_rows=io.raw_rows)
   events = p | "ReadRelayEvents" >> ReadRelayEvents(
       relays, run_id, page_size=opts.page_size, max_pages=1 if opts.test_mode else None,
       raw_events=io.raw_events, events_file=opts.events_file)
+  if opts.mode == MODE_REPLAY:
+    return _replay(p, opts, run_id, io, events)
+  rows = p | "ReadVineRows" >> ReadVineRows(
+      run_id, rows_path=opts.rows, project=os.environ.get("BIGQUERY_PROJECT_ID"),
+      dataset=os.environ.get("BIGQUERY_DATASET_ID"), raw_rows=io.raw_rows)
   joined = (rows["main"], events["main"]) | "JoinOnVineId" >> JoinOnVineId()
+  return apply_stages({dl.STAGE_MIGRATE: joined["main"]}, opts, run_id,
+                      dead=[rows[dl.DEAD_LETTER], events[dl.DEAD_LETTER]],
+                      skipped=[events[dl.SKIPPED], joined[dl.SKIPPED]])
 
-  migrated = joined["main"] | "MigrateVideo" >> beam.ParDo(MigrateVideoFn(
+
+def _replay(p, opts, run_id, io, events) -> Dict[str, beam.PCollection]:
+  """Dead letters -> items entering at the stage that failed, refreshed from the relays."""
+  items = (p
+           | "ReadDeadLetters" >> replay.ReadDeadLetters(opts.replay_from, raw=io.raw_dead_letters)
+           | "ToReplayItems" >> beam.ParDo(replay.ToReplayItemFn(
+               replay.parse_replay_filter(opts.replay_filter))).with_outputs(
+                   dl.SKIPPED, main="main"))
+  entries = ({"replay": items.main, "events": events["main"]}
+             | "JoinWithRelayState" >> beam.CoGroupByKey()
+             | "RefreshFromRelays" >> beam.ParDo(replay.RefreshFromRelaysFn()).with_outputs(
+                 *ENTRY_STAGES))
+  outputs = apply_stages({stage: entries[stage] for stage in ENTRY_STAGES}, opts, run_id,
+                         dead=[], skipped=[items[dl.SKIPPED]])
+  outputs[DEAD_LETTERS] = outputs[DEAD_LETTERS] | "LinkReplayedDeadLetters" >> beam.Map(
+      replay.link_replay)
+  return outputs
+
+
+ENTRY_STAGES = (dl.STAGE_MIGRATE, dl.STAGE_BLURHASH, dl.STAGE_BUILD, dl.STAGE_PUBLISH)
+
+
+def _enter(label: str, previous, entries, stage):
+  """A stage's input: the previous stage's output plus items entering here (replay)."""
+  if stage not in entries:
+    return previous
+  if previous is None:
+    return entries[stage]
+  return (previous, entries[stage]) | label >> beam.Flatten()
+
+
+def apply_stages(entries: Dict[str, beam.PCollection], opts: MigrationOptions, run_id: str,
+                 dead: List[beam.PCollection],
+                 skipped: List[beam.PCollection]) -> Dict[str, beam.PCollection]:
+  """MigrateVideo -> ComputeBlurhash -> BuildVideoEvent -> SignEvent -> PublishEvents.
+
+  Args:
+    entries: WorkItems entering at a stage ("migrate" in a normal run; any stage
+      in a replay).
+    dead, skipped: dead letters and skips of the stages before these.
+  """
+  relays = split_relays(opts.relays)
+  migrated = entries[dl.STAGE_MIGRATE] | "MigrateVideo" >> beam.ParDo(MigrateVideoFn(
       opts.migration_api, opts.cdn_base, run_id, max_in_flight=opts.api_limit,
       policy=_retry_policy(opts), force_remigrate=opts.force_remigrate)).with_outputs(
           dl.DEAD_LETTER, dl.SKIPPED, dl.MONITOR, main="main")
-  hashed = migrated.main | "ComputeBlurhash" >> beam.ParDo(ComputeBlurhashFn(
-      opts.cdn_base, run_id, require_blurhash=opts.require_blurhash)).with_outputs(
-          dl.DEAD_LETTER, main="main")
-  built = hashed.main | "BuildVideoEvent" >> beam.ParDo(BuildVideoEventFn(
-      run_id, force_republish=opts.force_republish)).with_outputs(
-          dl.DEAD_LETTER, dl.SKIPPED, main="main")
+  hashed = _enter("EnterAtBlurhash", migrated.main, entries, dl.STAGE_BLURHASH) | (
+      "ComputeBlurhash" >> beam.ParDo(ComputeBlurhashFn(
+          opts.cdn_base, run_id, require_blurhash=opts.require_blurhash)).with_outputs(
+              dl.DEAD_LETTER, main="main"))
+  built = _enter("EnterAtBuild", hashed.main, entries, dl.STAGE_BUILD) | (
+      "BuildVideoEvent" >> beam.ParDo(BuildVideoEventFn(
+          run_id, force_republish=opts.force_republish)).with_outputs(
+              dl.DEAD_LETTER, dl.SKIPPED, main="main"))
   signed = built.main | "SignEvent" >> beam.ParDo(SignEventFn(
       opts.keys_db, run_id, kek_spec=opts.kek)).with_outputs(dl.DEAD_LETTER, main="main")
-  published = signed.main | "PublishEvents" >> beam.ParDo(PublishEventsFn(
-      relays, run_id, keys_db=opts.keys_db, kek_spec=opts.kek, min_relays=opts.min_relays or None,
-      max_in_flight=opts.publish_limit)).with_outputs(dl.DEAD_LETTER, dl.MONITOR, main="main")
+  published = _enter("EnterAtPublish", signed.main, entries, dl.STAGE_PUBLISH) | (
+      "PublishEvents" >> beam.ParDo(PublishEventsFn(
+          relays, run_id, keys_db=opts.keys_db, kek_spec=opts.kek,
+          min_relays=opts.min_relays or None, max_in_flight=opts.publish_limit)).with_outputs(
+              dl.DEAD_LETTER, dl.MONITOR, main="main"))
 
-  dead = ((rows[dl.DEAD_LETTER], events[dl.DEAD_LETTER], migrated[dl.DEAD_LETTER],
-           hashed[dl.DEAD_LETTER], built[dl.DEAD_LETTER], signed[dl.DEAD_LETTER],
-           published[dl.DEAD_LETTER])
-          | "FlattenDeadLetters" >> beam.Flatten())
-  skipped = ((events[dl.SKIPPED], joined[dl.SKIPPED], migrated[dl.SKIPPED], built[dl.SKIPPED])
-             | "FlattenSkips" >> beam.Flatten())
+  dead_all = (tuple(dead) + (migrated[dl.DEAD_LETTER], hashed[dl.DEAD_LETTER],
+                             built[dl.DEAD_LETTER], signed[dl.DEAD_LETTER],
+                             published[dl.DEAD_LETTER])
+              | "FlattenDeadLetters" >> beam.Flatten())
+  skipped_all = (tuple(skipped) + (migrated[dl.SKIPPED], built[dl.SKIPPED])
+                 | "FlattenSkips" >> beam.Flatten())
   monitor = ((migrated[dl.MONITOR], published[dl.MONITOR])
              | "FlattenMonitorLines" >> beam.Flatten())
-  return {PUBLISHED: published.main, DEAD_LETTERS: dead, SKIPPED: skipped, MONITOR: monitor}
+  return {PUBLISHED: published.main, DEAD_LETTERS: dead_all, SKIPPED: skipped_all,
+          MONITOR: monitor}
 
 
 def attach_local_sinks(outputs: Dict[str, beam.PCollection], run_dir: str) -> None:
@@ -94,3 +150,22 @@ def attach_local_sinks(outputs: Dict[str, beam.PCollection], run_dir: str) -> No
       os.path.join(run_dir, sinks.PUBLISHED_FILE))
   outputs[MONITOR] | "WriteMonitorLog" >> sinks.WriteLines(
       os.path.join(run_dir, sinks.MONITOR_FILE))
+
+
+def attach_bigquery_sinks(outputs: Dict[str, beam.PCollection], opts: MigrationOptions,
+                          run_dir: str, streaming: bool = False, test_client=None) -> None:
+  """Dead letters and results to their BigQuery tables when configured.
+
+  Rows BigQuery refuses come back as values and go to a local NDJSON file: never lost.
+  """
+  failed = []
+  if opts.dead_letter_table:
+    failed.append(outputs[DEAD_LETTERS] | "WriteDeadLettersToBigQuery" >> WriteDeadLettersToBigQuery(
+        opts.dead_letter_table, streaming, test_client=test_client))
+  if opts.results_table:
+    failed.append(outputs[PUBLISHED] | "WriteResultsToBigQuery" >> WriteResultsToBigQuery(
+        opts.results_table, streaming, test_client=test_client))
+  if failed:
+    (tuple(failed) | "FlattenBigQueryFailures" >> beam.Flatten()
+     | "WriteBigQueryFailures" >> sinks.WriteNdjson(os.path.join(run_dir,
+                                                                 BIGQUERY_FAILED_ROWS_FILE)))

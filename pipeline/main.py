@@ -18,9 +18,9 @@ from typing import Dict, List, Optional
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline.graph import attach_local_sinks, build_graph
+from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
 from pipeline.options import ConfigError, MigrationOptions, validate
 from transforms import accounting
 from transforms.concurrency import StopRun
@@ -86,12 +86,15 @@ def run(argv: Optional[List[str]] = None) -> int:
     return 2
   run_id = opts.run_id or new_run_id()
   run_dir = run_output_dir(opts.output_dir, run_id)
-  os.makedirs(run_dir, exist_ok=True)
+  if "://" not in run_dir:
+    os.makedirs(run_dir, exist_ok=True)
   _LOG.info("run %s: outputs under %s", run_id, run_dir)
 
   pipeline = beam.Pipeline(options=options)
   outputs = build_graph(pipeline, opts, run_id)
   attach_local_sinks(outputs, run_dir)
+  attach_bigquery_sinks(outputs, opts, run_dir,
+                        streaming=options.view_as(StandardOptions).streaming)
   try:
     result = pipeline.run()
     result.wait_until_finish()

@@ -14,6 +14,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
 DEFAULT_CDN = "https://cdn.divine.video"
+MODE_MIGRATE = "migrate"
+MODE_REPLAY = "replay"
 
 
 class ConfigError(ValueError):
@@ -25,6 +27,15 @@ class MigrationOptions(PipelineOptions):
 
   @classmethod
   def _add_argparse_args(cls, parser):
+    parser.add_argument("--mode", default=MODE_MIGRATE, choices=(MODE_MIGRATE, MODE_REPLAY),
+                        help="migrate (default): the whole migration. replay: run dead letters "
+                        "(--replay-from) through the stages again from the stage that failed.")
+    parser.add_argument("--replay-from", dest="replay_from", default="",
+                        help="Replay mode: dead letters to replay, a local NDJSON glob (e.g. "
+                        "out/RUN/dead_letters.ndjson) or bq:PROJECT:DATASET.TABLE.")
+    parser.add_argument("--replay-filter", dest="replay_filter", default="",
+                        help="Replay mode: run_id=..,stage=a|b,error_class=..,since=ISO,until=ISO "
+                        "(keys ANDed, values of one key ORed with |). Default: every dead letter.")
     parser.add_argument("--relays", default=os.environ.get("NOSTR_RELAYS", ""),
                         help="Comma-separated relay URLs to read from and publish to "
                         "(wss://, or ws:// on loopback). Default: env NOSTR_RELAYS.")
@@ -50,6 +61,14 @@ class MigrationOptions(PipelineOptions):
                         "from: env:NAME, file:PATH, gcp-secret:projects/P/secrets/S/versions/V or "
                         "gcp-kms:KEYNAME:WRAPPED_KEK_PATH. A reference, never the key itself. "
                         "Default: env MIGRATION_KEK_SPEC.")
+    parser.add_argument("--dead-letter-table", dest="dead_letter_table",
+                        default=os.environ.get("DEAD_LETTER_TABLE", ""),
+                        help="BigQuery table PROJECT:DATASET.TABLE for dead letters (created if "
+                        "absent, appended to; the dataset must exist). Empty: local files only.")
+    parser.add_argument("--results-table", dest="results_table",
+                        default=os.environ.get("RESULTS_TABLE", ""),
+                        help="BigQuery table PROJECT:DATASET.TABLE, one row per published vine "
+                        "(created if absent). Empty: local files only.")
     parser.add_argument("--output-dir", dest="output_dir", default="out",
                         help="Directory for dead letters, results, monitor log and summary "
                         "(a sub-directory per run id).")
@@ -130,7 +149,7 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
     raise ConfigError("%s: the migration API token must be set in the environment" % TOKEN_ENV)
   if not opts.keys_db:
     raise ConfigError("--keys-db: required (or env MIGRATION_DB)")
-  if not os.path.isfile(opts.keys_db):
+  if not opts.keys_db.startswith("gs://") and not os.path.isfile(opts.keys_db):
     raise ConfigError("--keys-db: %s does not exist" % opts.keys_db)
   if opts.kek and opts.kek.split(":", 1)[0] in ("env", "file"):
     from transforms.key_crypto import KekError, load_kek  # pylint: disable=import-outside-toplevel
@@ -138,9 +157,30 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
       load_kek(opts.kek)
     except KekError as exc:
       raise ConfigError("--kek: %s" % exc) from None
+  from transforms.bigquery_sinks import (  # pylint: disable=import-outside-toplevel
+      DEAD_LETTER_TABLE_FLAG, RESULTS_TABLE_FLAG, parse_table_spec)
+  for flag, value in ((DEAD_LETTER_TABLE_FLAG, opts.dead_letter_table),
+                      (RESULTS_TABLE_FLAG, opts.results_table)):
+    if value:
+      try:
+        parse_table_spec(value, flag)
+      except ValueError as exc:
+        raise ConfigError(str(exc)) from None
   if opts.events_file and not os.path.isfile(opts.events_file):
     raise ConfigError("--events-file: %s does not exist" % opts.events_file)
-  if opts.rows is None:
+  if opts.mode == MODE_REPLAY:
+    from pipeline.replay import ReplayFilterError, parse_replay_filter  # pylint: disable=import-outside-toplevel
+    if not opts.replay_from:
+      raise ConfigError("--replay-from: required with --mode replay")
+    if not opts.replay_from.startswith("bq:"):
+      import glob  # pylint: disable=import-outside-toplevel
+      if not glob.glob(opts.replay_from):
+        raise ConfigError("--replay-from: no file matches %s" % opts.replay_from)
+    try:
+      parse_replay_filter(opts.replay_filter)
+    except ReplayFilterError as exc:
+      raise ConfigError(str(exc)) from None
+  elif opts.rows is None:
     for name in ("BIGQUERY_PROJECT_ID", "BIGQUERY_DATASET_ID"):
       if not environ.get(name):
         raise ConfigError("--rows not given, so BigQuery is read: %s must be set" % name)
