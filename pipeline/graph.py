@@ -1,5 +1,9 @@
 """Builds the migration graph from options and an I/O set; never runs it.
 
+Three shapes share the stages: batch (below), --streaming (ReadStreamEvents and
+per-event LookupVineRows instead of the two reads and the join) and --mode replay
+(dead letters entering at the stage that failed).
+
     ReadVineRows ─┐
                   ├─ JoinOnVineId ─ MigrateVideo ─ ComputeBlurhash ─ BuildVideoEvent
 ReadRelayEvents ──┘                                                       │
@@ -11,9 +15,11 @@ collection each; `attach_local_sinks` writes them under the run's output dir.
 
 import dataclasses
 import os
-from typing import Dict, List, Optional
+import time
+from typing import Any, Callable, Dict, List, Optional
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
 
 from pipeline import replay
 from pipeline.options import MODE_REPLAY, MigrationOptions, split_relays
@@ -27,6 +33,8 @@ from transforms.migrate import MigrateVideoFn
 from transforms.migration_api import RetryPolicy
 from transforms.publish import PublishEventsFn
 from transforms.relay_source import ReadRelayEvents
+from transforms.row_lookup import LookupVineRowsFn
+from transforms.streaming import ReadStreamEvents
 from transforms.signing import BuildVideoEventFn, SignEventFn
 
 BIGQUERY_FAILED_ROWS_FILE = "bigquery_failed_rows.ndjson"
@@ -42,6 +50,7 @@ class IOSet:
   raw_rows: Optional[beam.PTransform] = None
   raw_events: Optional[beam.PTransform] = None
   raw_dead_letters: Optional[beam.PTransform] = None
+  row_lookup_factory: Optional[Callable[[], Any]] = None  # streaming metadata lookups
 
 
 def _retry_policy(opts: MigrationOptions) -> RetryPolicy:
@@ -54,6 +63,8 @@ def build_graph(p: beam.Pipeline, opts: MigrationOptions, run_id: str,
   """Adds the whole migration (or a replay, with --mode replay) to `p`; returns its outputs."""
   io = io or IOSet()
   relays = split_relays(opts.relays)
+  if opts.view_as(StandardOptions).streaming:
+    return _streaming(p, opts, run_id, io)
   events = p | "ReadRelayEvents" >> ReadRelayEvents(
       relays, run_id, page_size=opts.page_size, max_pages=1 if opts.test_mode else None,
       raw_events=io.raw_events, events_file=opts.events_file)
@@ -66,6 +77,18 @@ def build_graph(p: beam.Pipeline, opts: MigrationOptions, run_id: str,
   return apply_stages({dl.STAGE_MIGRATE: joined["main"]}, opts, run_id,
                       dead=[rows[dl.DEAD_LETTER], events[dl.DEAD_LETTER]],
                       skipped=[events[dl.SKIPPED], joined[dl.SKIPPED]])
+
+
+def _streaming(p, opts, run_id, io) -> Dict[str, beam.PCollection]:
+  """New and changed events as they reach the relays; metadata looked up per event."""
+  since = opts.since or int(time.time()) - DEFAULT_STREAM_LOOKBACK
+  events = p | "ReadStreamEvents" >> ReadStreamEvents(
+      split_relays(opts.relays), run_id, since, raw_events=io.raw_events)
+  items = events["main"] | "LookupVineRows" >> beam.ParDo(LookupVineRowsFn(
+      rows_path=opts.rows, project=os.environ.get("BIGQUERY_PROJECT_ID"),
+      dataset=os.environ.get("BIGQUERY_DATASET_ID"), lookup_factory=io.row_lookup_factory))
+  return apply_stages({dl.STAGE_MIGRATE: items}, opts, run_id, dead=[events[dl.DEAD_LETTER]],
+                      skipped=[events[dl.SKIPPED]])
 
 
 def _replay(p, opts, run_id, io, events) -> Dict[str, beam.PCollection]:
@@ -86,6 +109,7 @@ def _replay(p, opts, run_id, io, events) -> Dict[str, beam.PCollection]:
   return outputs
 
 
+DEFAULT_STREAM_LOOKBACK = 3600
 ENTRY_STAGES = (dl.STAGE_MIGRATE, dl.STAGE_BLURHASH, dl.STAGE_BUILD, dl.STAGE_PUBLISH)
 
 
@@ -165,7 +189,7 @@ def attach_bigquery_sinks(outputs: Dict[str, beam.PCollection], opts: MigrationO
   if opts.results_table:
     failed.append(outputs[PUBLISHED] | "WriteResultsToBigQuery" >> WriteResultsToBigQuery(
         opts.results_table, streaming, test_client=test_client))
-  if failed:
+  if failed and not streaming:  # the writers log and count refused rows; batch also keeps them
     (tuple(failed) | "FlattenBigQueryFailures" >> beam.Flatten()
      | "WriteBigQueryFailures" >> sinks.WriteNdjson(os.path.join(run_dir,
                                                                  BIGQUERY_FAILED_ROWS_FILE)))

@@ -81,6 +81,9 @@ def run(argv: Optional[List[str]] = None) -> int:
   try:
     validate(opts)
     configure_runner(options, opts.workers)
+    if options.view_as(StandardOptions).streaming and not opts.dead_letter_table:
+      raise ConfigError("--dead-letter-table: required with --streaming (dead letters go out "
+                        "with streaming inserts; local files need a bounded run)")
   except ConfigError as exc:
     print("configuration error: %s" % exc, file=sys.stderr)
     return 2
@@ -92,9 +95,10 @@ def run(argv: Optional[List[str]] = None) -> int:
 
   pipeline = beam.Pipeline(options=options)
   outputs = build_graph(pipeline, opts, run_id)
-  attach_local_sinks(outputs, run_dir)
-  attach_bigquery_sinks(outputs, opts, run_dir,
-                        streaming=options.view_as(StandardOptions).streaming)
+  streaming = options.view_as(StandardOptions).streaming
+  if not streaming:  # local files are written once, at the end of a bounded run
+    attach_local_sinks(outputs, run_dir)
+  attach_bigquery_sinks(outputs, opts, run_dir, streaming=streaming)
   try:
     result = pipeline.run()
     result.wait_until_finish()

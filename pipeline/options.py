@@ -36,6 +36,9 @@ class MigrationOptions(PipelineOptions):
     parser.add_argument("--replay-filter", dest="replay_filter", default="",
                         help="Replay mode: run_id=..,stage=a|b,error_class=..,since=ISO,until=ISO "
                         "(keys ANDed, values of one key ORed with |). Default: every dead letter.")
+    parser.add_argument("--since", type=int, default=0,
+                        help="Streaming: unix seconds to subscribe from (inclusive). Default: one "
+                        "hour before the start. Set it to the backfill's start to miss nothing.")
     parser.add_argument("--relays", default=os.environ.get("NOSTR_RELAYS", ""),
                         help="Comma-separated relay URLs to read from and publish to "
                         "(wss://, or ws:// on loopback). Default: env NOSTR_RELAYS.")
