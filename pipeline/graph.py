@@ -22,7 +22,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pipeline import replay
-from pipeline.options import MODE_REPLAY, MigrationOptions, split_relays
+from pipeline.options import MODE_REPLAY, MigrationOptions, parallel_instances, share, \
+  split_relays
 from transforms import dead_letters as dl
 from transforms import sinks
 from transforms.bigquery_sinks import WriteDeadLettersToBigQuery, WriteResultsToBigQuery
@@ -133,8 +134,10 @@ def apply_stages(entries: Dict[str, beam.PCollection], opts: MigrationOptions, r
     dead, skipped: dead letters and skips of the stages before these.
   """
   relays = split_relays(opts.relays)
+  instances = parallel_instances(opts)
   migrated = entries[dl.STAGE_MIGRATE] | "MigrateVideo" >> beam.ParDo(MigrateVideoFn(
-      opts.migration_api, opts.cdn_base, run_id, max_in_flight=opts.api_limit,
+      opts.migration_api, opts.cdn_base, run_id,
+      max_in_flight=share(opts.api_limit, instances),
       policy=_retry_policy(opts), force_remigrate=opts.force_remigrate)).with_outputs(
           dl.DEAD_LETTER, dl.SKIPPED, dl.MONITOR, main="main")
   hashed = _enter("EnterAtBlurhash", migrated.main, entries, dl.STAGE_BLURHASH) | (
@@ -150,7 +153,8 @@ def apply_stages(entries: Dict[str, beam.PCollection], opts: MigrationOptions, r
   published = _enter("EnterAtPublish", signed.main, entries, dl.STAGE_PUBLISH) | (
       "PublishEvents" >> beam.ParDo(PublishEventsFn(
           relays, run_id, keys_db=opts.keys_db, kek_spec=opts.kek,
-          min_relays=opts.min_relays or None, max_in_flight=opts.publish_limit)).with_outputs(
+          min_relays=opts.min_relays or None,
+          max_in_flight=share(opts.publish_limit, instances))).with_outputs(
               dl.DEAD_LETTER, dl.MONITOR, main="main"))
 
   dead_all = (tuple(dead) + (migrated[dl.DEAD_LETTER], hashed[dl.DEAD_LETTER],

@@ -17,6 +17,7 @@ import uuid
 from typing import Dict, List, Optional
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -101,6 +102,11 @@ def run(argv: Optional[List[str]] = None) -> int:
   attach_bigquery_sinks(outputs, opts, run_dir, streaming=streaming)
   try:
     result = pipeline.run()
+    if streaming:
+      print("streaming job started (run %s); counters are on the runner's monitoring page"
+            % run_id)
+      result.wait_until_finish()
+      return 0
     result.wait_until_finish()
   except Exception as exc:  # pylint: disable=broad-except
     stop = _find_stop(exc)
@@ -111,8 +117,8 @@ def run(argv: Optional[List[str]] = None) -> int:
   counters = read_counters(result)
   summary = accounting.summarise(counters)
   summary.update({"run_id": run_id, "counters": counters})
-  with open(os.path.join(run_dir, "summary.json"), "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2, sort_keys=True)
+  with FileSystems.create(FileSystems.join(run_dir, "summary.json")) as f:
+    f.write(json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
   print(format_summary(summary, counters, run_id, run_dir))
   return 0 if summary["balanced"] else 1
 

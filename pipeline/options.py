@@ -7,10 +7,12 @@ pickled graph. Validation runs before the pipeline is built and names the flag.
 
 import ipaddress
 import os
+import re
 from typing import List
 from urllib.parse import urlsplit
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions, \
+  StandardOptions, WorkerOptions
 
 TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
 DEFAULT_CDN = "https://cdn.divine.video"
@@ -104,6 +106,41 @@ class MigrationOptions(PipelineOptions):
                         help="Seconds per migration API request (default 60).")
     parser.add_argument("--page-size", dest="page_size", type=int, default=500,
                         help="Events per relay page when reading (default 500).")
+
+
+_MACHINE_CPUS = re.compile(r"-(\d+)$")
+
+
+def parallel_instances(options: PipelineOptions) -> int:
+  """How many copies of one DoFn may run at once: the divisor of the global limits.
+
+  DirectRunner: the worker processes (--direct_num_workers in multi_processing mode),
+  else 1. Dataflow: max workers x SDK processes per worker (one per vCPU of
+  --worker_machine_type, e.g. n1-standard-4 -> 4; 1 with
+  --experiments=no_use_multiple_sdk_containers) x threads per process
+  (--number_of_worker_harness_threads, default 1 here: set it for streaming).
+  """
+  std = options.view_as(StandardOptions)
+  if "Dataflow" in str(std.runner or ""):
+    workers = options.view_as(WorkerOptions)
+    count = workers.max_num_workers or workers.num_workers or 1
+    machine = workers.machine_type or "n1-standard-1"
+    match = _MACHINE_CPUS.search(machine)
+    processes = int(match.group(1)) if match else 1
+    experiments = options.view_as(DebugOptions).experiments or []
+    if "no_use_multiple_sdk_containers" in experiments:
+      processes = 1
+    threads = options.view_as(DebugOptions).number_of_worker_harness_threads or 1
+    return max(1, count * processes * threads)
+  direct = options.view_as(DirectOptions)
+  if direct.direct_running_mode == "multi_processing":
+    return max(1, direct.direct_num_workers or 1)
+  return 1
+
+
+def share(global_limit: int, instances: int) -> int:
+  """One instance's part of a global cap (at least 1, so a tiny cap still makes progress)."""
+  return max(1, global_limit // max(1, instances))
 
 
 def split_relays(value: str) -> List[str]:

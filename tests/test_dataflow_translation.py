@@ -292,6 +292,57 @@ def test_bigquery_sinks_translate_for_streaming(env):
   assert job.proto.type_ == job.proto.type_.JOB_TYPE_STREAMING
 
 
+STREAMING_STAGES = ("ReadStreamEvents", "LookupVineRows", "MigrateVideo", "ComputeBlurhash",
+                    "BuildVideoEvent", "SignEvent", "PublishEvents", "WriteDeadLettersToBigQuery")
+
+
+def _streaming_job(keys_db):
+  options = PipelineOptions(_argv(
+      keys_db, "--streaming",
+      "--dead-letter-table=%s:vine_migration.dead_letters" % PROJECT,
+      "--results-table=%s:vine_migration.results" % PROJECT))
+  p = beam.Pipeline(options=options)
+  opts = options.view_as(MigrationOptions)
+  outputs = build_graph(p, opts, RUN_ID)
+  attach_bigquery_sinks(outputs, opts, "gs://bucket/out/%s" % RUN_ID, streaming=True)
+  return p
+
+
+def test_streaming_graph_translates_for_dataflow(env, tmp_path):
+  p = _streaming_job(env["keys_db"])
+  labels = [n.full_label for n in _user_transforms(p)]
+  assert len(labels) == len(set(labels)), "duplicate step labels"
+  assert set(STREAMING_STAGES) <= {label.split("/")[0] for label in labels}
+  assert "ReadStreamEvents/SubscribeRelayEvents/SubscribeRelays" in labels
+  job = _run_dry(p)
+  assert job.proto.type_ == job.proto.type_.JOB_TYPE_STREAMING
+  for _, payload in _function_specs(job.proto_pipeline):
+    raw = _decoded(payload)
+    for secret in env["secrets"]:
+      assert raw is None or secret.encode() not in raw
+  # Stable labels: a running job can be updated with --update.
+  assert labels == [n.full_label for n in _user_transforms(_streaming_job(env["keys_db"]))]
+
+
+def test_replay_graph_translates_for_dataflow(env):
+  options = PipelineOptions(_argv(
+      env["keys_db"], "--mode=replay",
+      "--replay-from=bq:%s:vine_migration.dead_letters" % PROJECT,
+      "--replay-filter=stage=migrate|publish,error_class=transient_exhausted"))
+  p = beam.Pipeline(options=options)
+  outputs = build_graph(p, options.view_as(MigrationOptions), RUN_ID)
+  attach_local_sinks(outputs, "gs://bucket/out/%s" % RUN_ID)
+  labels = {n.full_label for n in _user_transforms(p)}
+  assert {"ReadDeadLetters/ReadDeadLetterTable", "ToReplayItems", "JoinWithRelayState",
+          "RefreshFromRelays", "EnterAtBlurhash", "EnterAtBuild", "EnterAtPublish",
+          "MigrateVideo", "PublishEvents", "LinkReplayedDeadLetters"} <= labels
+  (read,) = [n.transform for n in _user_transforms(p)
+             if n.full_label == "ReadDeadLetters/ReadDeadLetterTable"]
+  assert isinstance(read, beam.io.ReadFromBigQuery)
+  job = _run_dry(p)
+  assert job.proto.type_ == job.proto.type_.JOB_TYPE_BATCH
+
+
 def test_setup_file_package_builds_and_stages_offline(env, tmp_path):
   """--setup_file: the sdist is built locally (no PyPI), holds the packages and no tests."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,6 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
 from apache_beam.transforms import window
-from apache_beam.utils.timestamp import Timestamp
 
 from devstack.stack import LocalStack
 from pipeline.graph import DEAD_LETTERS, PUBLISHED, SKIPPED, IOSet, build_graph
