@@ -20,6 +20,7 @@ from transforms.key_crypto import decryptor_for_spec
 from transforms.key_store import KeyStore
 from transforms.nostr_event import validate_event
 from transforms.records import SKIP_UP_TO_DATE, WorkItem
+from transforms.remote_files import local_path
 
 _LOG = logging.getLogger(__name__)
 
@@ -27,8 +28,13 @@ NO_SIGNING_KEY = "no_signing_key"
 
 
 def load_key_store(keys_db: str, kek_spec: str = "") -> KeyStore:
-  """The key store for a DoFn's setup(): decrypted with the KEK when one is configured."""
-  return KeyStore.load(keys_db, decrypt=decryptor_for_spec(kek_spec) if kek_spec else None)
+  """The key store for a DoFn's setup(): decrypted with the KEK when one is configured.
+
+  `keys_db` may be a gs:// path (Dataflow workers): it is read through a private copy.
+  """
+  decrypt = decryptor_for_spec(kek_spec) if kek_spec else None
+  with local_path(keys_db) as path:
+    return KeyStore.load(path, decrypt=decrypt)
 
 
 class BuildVideoEventFn(beam.DoFn):
