@@ -38,7 +38,9 @@ the auth checks (a wrong token still gets 403) and before the body is validated.
 Runtime-only knobs (``--config`` or ``POST /_emulator/config``): ``thumb_404_uids``, ``thumb_garbage_uids``
 (200 with HTML bytes), ``thumb_truncated_uids`` (first half of the JPEG), ``thumb_bomb_uids`` (a 50 KB PNG
 declaring 20000x20000 pixels, served as image/jpeg), ``thumb_hang_uids`` (sleep --hang-seconds first),
-``manifest_gone`` (410 for HLS/DASH manifests, as the CDN does since Oct 2025).
+``manifest_gone`` (410 for HLS/DASH manifests, as the CDN does since Oct 2025), ``fault_keyed`` (draw each
+call's fault from its own generator seeded with ``(seed, vineId, call number)`` instead of one shared stream, so
+that which calls fail does not depend on the order concurrent calls arrive in; ``keyed_fault`` computes it).
 
 Control API (no auth): ``GET /_emulator/stats``, ``POST /_emulator/config`` (JSON object of knobs),
 ``POST /_emulator/reset_stats`` (body ``{"forget_migrations": true}`` also forgets migrated videos).
@@ -76,7 +78,7 @@ SHAPES = ('oct2025', 'aug2025')
 DEFAULTS = {
   'token': '', 'accept_any_openvine_id': False, 'shape': 'oct2025', 'cdn_base': '',
   'latency_ms': 0.0, 'latency_jitter_ms': 0.0, 'cdn_latency_ms': 0.0, 'seed': 0,
-  'retry_after': 2, 'hang_seconds': 120.0, 'manifest_gone': False,
+  'retry_after': 2, 'hang_seconds': 120.0, 'manifest_gone': False, 'fault_keyed': False,
   **{k: 0.0 for k in RATE_KNOBS}, **{k: frozenset() for k in SET_KNOBS}}
 CDN_KINDS = ('thumbnail.jpg', 'thumbnail.gif', 'default.mp4', 'video.m3u8', 'video.mpd')
 THUMB_SIZE = 480
@@ -185,6 +187,7 @@ class _State:
     self.responses = collections.Counter()
     self.cdn_fetches = collections.Counter({k: 0 for k in CDN_KINDS})
     self.migrations = self.already = self.lookups = 0
+    self.auth_refused = collections.Counter()
     self.in_flight = getattr(self, 'in_flight', 0)
     self.max_in_flight = self.in_flight
     self.busy = 0.0
@@ -204,6 +207,7 @@ class _State:
       'migrations': self.migrations, 'already_migrated': self.already,
       'faults_injected': dict(self.faults), 'responses': dict(self.responses),
       'lookups': self.lookups, 'cdn_fetches': dict(self.cdn_fetches),
+      'auth_refused': dict(self.auth_refused),
       'in_flight': self.in_flight, 'max_in_flight': self.max_in_flight,
       'busy_seconds': round(self.busy, 6), 'migrated_videos': len(self.uids)}
 
@@ -245,15 +249,38 @@ async def _delay(state):
     await asyncio.sleep(delay / 1000.0)
 
 
-def _draw_fault(state, vine_id):
-  if vine_id in state.config['always_fail_vine_ids']:
-    return 'always_fail'
-  r, acc = state.rng.random(), 0.0
+def _fault_from(config, r):
+  acc = 0.0
   for knob in RATE_KNOBS:
-    acc += state.config[knob]
+    acc += config[knob]
     if r < acc:
       return knob[len('fault_'):]
   return None
+
+
+def keyed_fault(config, vine_id, call_number):
+  """The fault of call number ``call_number`` (1-based) for ``vine_id`` under ``fault_keyed``.
+
+  Args:
+    config: A normalised config (rates and seed).
+    vine_id: The ``vineId`` of the call.
+    call_number: How many calls for that vine id the emulator has seen, this one included.
+
+  Returns:
+    The fault name (``'500'``, ``'429_no_retry_after'``, ``'hang'``, ...) or None.
+  """
+  if vine_id in config['always_fail_vine_ids']:
+    return 'always_fail'
+  rng = random.Random(f"{config['seed']}:{vine_id}:{call_number}")
+  return _fault_from(config, rng.random())
+
+
+def _draw_fault(state, vine_id):
+  if state.config['fault_keyed']:
+    return keyed_fault(state.config, vine_id, state.migrate_calls[vine_id])
+  if vine_id in state.config['always_fail_vine_ids']:
+    return 'always_fail'
+  return _fault_from(state.config, state.rng.random())
 
 
 async def _answer_fault(state, request, kind):
@@ -289,8 +316,10 @@ async def _migrate(request):
   state = request.app[_STATE]
   auth = request.headers.get('Authorization', '')
   if not auth.startswith('Bearer '):
+    state.auth_refused['401'] += 1
     return _error(401, error='Missing or invalid Authorization header')
   if auth[len('Bearer '):] != state.config['token']:
+    state.auth_refused['403'] += 1
     return _error(403, error='Invalid migration token')
   state.track(1)
   try:
@@ -637,7 +666,7 @@ class EmulatorProcess:
     self.stop()
 
 
-_CLI_KNOBS = set(DEFAULTS) - set(SET_KNOBS) - {'token', 'manifest_gone'}
+_CLI_KNOBS = set(DEFAULTS) - set(SET_KNOBS) - {'token', 'manifest_gone', 'fault_keyed'}
 
 
 def _read_line(stream, timeout):

@@ -138,7 +138,8 @@ def apply_stages(entries: Dict[str, beam.PCollection], opts: MigrationOptions, r
   migrated = entries[dl.STAGE_MIGRATE] | "MigrateVideo" >> beam.ParDo(MigrateVideoFn(
       opts.migration_api, opts.cdn_base, run_id,
       max_in_flight=share(opts.api_limit, instances),
-      policy=_retry_policy(opts), force_remigrate=opts.force_remigrate)).with_outputs(
+      policy=_retry_policy(opts), force_remigrate=opts.force_remigrate,
+      token_secret=opts.token_secret)).with_outputs(
           dl.DEAD_LETTER, dl.SKIPPED, dl.MONITOR, main="main")
   hashed = _enter("EnterAtBlurhash", migrated.main, entries, dl.STAGE_BLURHASH) | (
       "ComputeBlurhash" >> beam.ParDo(ComputeBlurhashFn(

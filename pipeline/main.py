@@ -94,6 +94,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     os.makedirs(run_dir, exist_ok=True)
   _LOG.info("run %s: outputs under %s", run_id, run_dir)
 
+  accounting.reset_deferred()  # nothing left over from an earlier run in this process
   pipeline = beam.Pipeline(options=options)
   outputs = build_graph(pipeline, opts, run_id)
   streaming = options.view_as(StandardOptions).streaming

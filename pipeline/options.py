@@ -1,8 +1,10 @@
 """The pipeline's command line: one PipelineOptions subclass, and its validation.
 
 Secrets are never options: the API token comes only from the environment
-(CF_STREAM_MIGRATION_TOKEN), so it never reaches logs, job parameters or the
-pickled graph. Validation runs before the pipeline is built and names the flag.
+(CF_STREAM_MIGRATION_TOKEN) or from Secret Manager (--token-secret holds the
+secret's name), so it never reaches logs, job parameters or the pickled graph.
+URLs carrying credentials are refused. Validation runs before the pipeline is
+built and names the flag.
 """
 
 import ipaddress
@@ -53,7 +55,14 @@ class MigrationOptions(PipelineOptions):
     parser.add_argument("--migration-api", dest="migration_api",
                         default=os.environ.get("CF_STREAM_MIGRATION_API", ""),
                         help="Base URL of the migration API. Default: env "
-                        "CF_STREAM_MIGRATION_API. The token is read only from env %s." % TOKEN_ENV)
+                        "CF_STREAM_MIGRATION_API. The token is read from env %s or from "
+                        "--token-secret, never from a flag value." % TOKEN_ENV)
+    parser.add_argument("--token-secret", dest="token_secret",
+                        default=os.environ.get("TOKEN_SECRET", ""),
+                        help="Secret Manager version holding the migration API token, "
+                        "[gcp-secret:]projects/P/secrets/S/versions/V: a name, never the token. "
+                        "Read by the workers in setup(); absent: env %s. Default: env "
+                        "TOKEN_SECRET." % TOKEN_ENV)
     parser.add_argument("--cdn-base", dest="cdn_base",
                         default=os.environ.get("CDN_BASE", DEFAULT_CDN),
                         help="CDN origin for URL templates and the only host thumbnails are "
@@ -156,8 +165,19 @@ def is_loopback(host: str) -> bool:
     return False
 
 
+def _check_authority(flag: str, url: str, parts) -> None:
+  """Refuses credentials in a URL (they would be logged) and bad ports; never echoes them."""
+  if "@" in parts.netloc:
+    raise ConfigError("%s: a URL must not carry credentials (user:password@)" % flag)
+  try:
+    _ = parts.port  # raises ValueError on a bad port
+  except ValueError:
+    raise ConfigError("%s: %r has an invalid port" % (flag, url)) from None
+
+
 def check_relay_url(url: str) -> str:
   parts = urlsplit(url)
+  _check_authority("--relays", url, parts)
   if parts.scheme == "wss" and parts.hostname:
     return url
   if parts.scheme == "ws" and parts.hostname and is_loopback(parts.hostname):
@@ -167,6 +187,7 @@ def check_relay_url(url: str) -> str:
 
 def check_http_url(flag: str, url: str) -> str:
   parts = urlsplit(url or "")
+  _check_authority(flag, url, parts)
   if parts.scheme not in ("http", "https") or not parts.hostname:
     raise ConfigError("%s: %r is not an http(s) URL" % (flag, url))
   if parts.scheme == "http" and not is_loopback(parts.hostname):
@@ -185,8 +206,15 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
     raise ConfigError("--migration-api: required (or env CF_STREAM_MIGRATION_API)")
   check_http_url("--migration-api", opts.migration_api)
   check_http_url("--cdn-base", opts.cdn_base)
-  if not environ.get(TOKEN_ENV):
-    raise ConfigError("%s: the migration API token must be set in the environment" % TOKEN_ENV)
+  if opts.token_secret:
+    from transforms.secret_values import SecretError, check_secret_spec  # pylint: disable=import-outside-toplevel
+    try:
+      check_secret_spec(opts.token_secret, "--token-secret")
+    except SecretError as exc:
+      raise ConfigError(str(exc)) from None
+  elif not environ.get(TOKEN_ENV):
+    raise ConfigError("%s: the migration API token must be set in the environment (or name "
+                      "a Secret Manager version with --token-secret)" % TOKEN_ENV)
   if not opts.keys_db:
     raise ConfigError("--keys-db: required (or env MIGRATION_DB)")
   if not opts.keys_db.startswith("gs://") and not os.path.isfile(opts.keys_db):

@@ -24,7 +24,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from transforms import accounting
 from transforms import dead_letters as dl
-from transforms.records import WorkItem, newer, row_from_dict, to_source_event
+from transforms.records import SourceEvent, WorkItem, newer, row_from_dict, to_source_event
 
 REPLAY_KEYS = ("run_id", "stage", "error_class", "since", "until")
 # The stage a failed stage is replayed from. A signature is cheap and its input
@@ -125,16 +125,16 @@ def item_from_dead_letter(dead: Dict[str, Any]) -> Tuple[str, WorkItem]:
   return ENTRY_STAGE[stage], item
 
 
-def refresh(entry: str, item: WorkItem, current: Optional[Dict[str, Any]]) -> Tuple[str, WorkItem]:
+def refresh(entry: str, item: WorkItem, current: Optional[SourceEvent]) -> Tuple[str, WorkItem]:
   """Uses the relay's newer version of the event when there is one.
 
   A newer version that already carries our migration tags means an earlier run or
   replay finished this vine: restart at migrate, which reuses the uid, so the item
   ends `up_to_date` unless something really changed.
   """
-  if current is None or newer(current, item.source.event) is item.source.event:
+  if current is None or newer(current.event, item.source.event) is item.source.event:
     return entry, item
-  source = to_source_event(current)
+  source = current  # kept whole: it knows which relays still lack it (missing_on)
   item = item.replace(source=source, signed=None, unsigned=None)
   if source.migrated_uid:
     return dl.STAGE_MIGRATE, item.replace(migration=None, blurhash=None)
@@ -171,7 +171,7 @@ class RefreshFromRelaysFn(beam.DoFn):
     _, grouped = keyed
     current = {}
     for source in grouped["events"]:
-      current[source.key] = source.event
+      current[source.key] = source
     for entry, item in grouped["replay"]:
       entry, item = refresh(entry, item, current.get(item.source.key))
       yield TaggedOutput(entry, item)

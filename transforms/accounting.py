@@ -62,6 +62,12 @@ def flush_deferred() -> None:
     _counter(name).inc(n)
 
 
+def reset_deferred() -> None:
+  """Drops increments left unflushed by an earlier run in this process (one that stopped)."""
+  with _deferred_lock:
+    _deferred.clear()
+
+
 def born(n: int = 1) -> None:
   inc(VINES_IN, n)
 

@@ -12,11 +12,12 @@ import re
 from typing import Any, Iterator, Optional
 
 import apache_beam as beam
+from apache_beam import coders
 from apache_beam.pvalue import TaggedOutput
 
 from transforms import accounting
 from transforms import dead_letters as dl
-from transforms.records import BadInput, parse_row
+from transforms.records import BadInput, json_safe, parse_row
 
 _LOG = logging.getLogger(__name__)
 
@@ -57,6 +58,12 @@ class ParseRowFn(beam.DoFn):
   def process(self, raw: Any) -> Iterator[Any]:
     accounting.inc("rows_read")
     try:
+      if isinstance(raw, bytes):
+        try:
+          raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+          raw = raw[:2000].decode("utf-8", "backslashreplace")
+          raise BadInput("row is not valid UTF-8") from None
       if isinstance(raw, str):
         try:
           raw = json.loads(raw)
@@ -67,10 +74,11 @@ class ParseRowFn(beam.DoFn):
       accounting.born()
       accounting.dead_lettered(dl.STAGE_READ_ROWS)
       vine_id = raw.get("vineId") if isinstance(raw, dict) else None
+      # json_safe: a lone surrogate (from a "\\ud800" escape) would crash the writer.
       yield TaggedOutput(dl.DEAD_LETTER, dl.make_dead_letter(
-          self._run_id, dl.STAGE_READ_ROWS, dl.BAD_INPUT, str(exc),
-          vine_id=str(vine_id)[:64] if vine_id is not None else None,
-          payload={"row": raw}))
+          self._run_id, dl.STAGE_READ_ROWS, dl.BAD_INPUT, json_safe(str(exc)),
+          vine_id=json_safe(str(vine_id)[:64]) if vine_id is not None else None,
+          payload={"row": json_safe(raw)}))
       return
     yield row.vine_id, row
 
@@ -93,7 +101,9 @@ class ReadVineRows(beam.PTransform):
     if self._raw_rows is not None:
       raw = pbegin | "ReadRawRows" >> self._raw_rows
     elif self._rows_path:
-      raw = pbegin | "ReadRowsFile" >> beam.io.ReadFromText(self._rows_path)
+      # Bytes: a line that is not UTF-8 must become a dead letter, not a crash of the read.
+      raw = pbegin | "ReadRowsFile" >> beam.io.ReadFromText(self._rows_path,
+                                                           coder=coders.BytesCoder())
     else:
       raw = pbegin | "QueryBigQuery" >> beam.io.ReadFromBigQuery(
           query=seed_query(self._project, self._dataset), use_standard_sql=True,

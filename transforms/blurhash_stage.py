@@ -1,11 +1,12 @@
 """ComputeBlurhash: fetch each thumbnail from the configured CDN and compute its blurhash.
 
 Input and main output: WorkItem. Thumbnails are fetched only from the configured CDN
-base (other hosts are refused and counted), read with a size cap, decoded in a small
-thread pool (Pillow releases the GIL while decoding) and hashed with the numpy
-encoder that gives the `blurhash` package's exact string. A failure never loses the
-vine: it is published without a blurhash (`blurhash_missing`), or dead-lettered when
-the user asked for require_blurhash.
+base (other hosts are refused and counted), read with a size cap and a deadline,
+decoded in child processes (blurhash_fast.IsolatedDecoder: a crash, a memory blow-up
+or a hang in a native decoder costs that image its blurhash, never the worker) and
+hashed with the numpy encoder that gives the `blurhash` package's exact string. A
+failure never loses the vine: it is published without a blurhash (`blurhash_missing`),
+or dead-lettered when the user asked for require_blurhash.
 """
 
 import asyncio
@@ -19,7 +20,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from transforms import accounting
 from transforms import dead_letters as dl
-from transforms.blurhash_fast import ThumbnailError, blurhash_for_thumbnail
+from transforms.blurhash_fast import DecoderCrash, IsolatedDecoder, ThumbnailError
 from transforms.concurrency import AsyncDoFn
 from transforms.records import WorkItem
 
@@ -27,10 +28,17 @@ _LOG = logging.getLogger(__name__)
 
 MAX_THUMBNAIL_BYTES = 10 * 1024 * 1024
 THUMBNAIL_REFUSED = "thumbnail_host_refused"
+DECODER_CRASHES = "thumbnail_decoder_crashes"
+# A CDN thumbnail is a few tens of KB: ten seconds is generous and bounds a hung fetch.
+DEFAULT_FETCH_TIMEOUT = 10.0
 
 
 class ThumbnailFetchError(RuntimeError):
-  pass
+  """The thumbnail could not be fetched; `transient` when a later run may succeed."""
+
+  def __init__(self, message: str, transient: bool = False):
+    super().__init__(message)
+    self.transient = transient
 
 
 def allowed_url(url: str, cdn_base: str) -> bool:
@@ -50,7 +58,8 @@ class ComputeBlurhashFn(AsyncDoFn):
   """WorkItem -> WorkItem with `blurhash` set when the thumbnail could be hashed."""
 
   def __init__(self, cdn_base: str, run_id: str, max_in_flight: int = 32,
-               timeout: float = 15.0, require_blurhash: bool = False, decode_threads: int = 2):
+               timeout: float = DEFAULT_FETCH_TIMEOUT, require_blurhash: bool = False,
+               decode_threads: int = 2):
     super().__init__(max_in_flight)
     self._cdn_base = cdn_base
     self._run_id = run_id
@@ -61,6 +70,7 @@ class ComputeBlurhashFn(AsyncDoFn):
   async def async_setup(self):
     self._pool = concurrent.futures.ThreadPoolExecutor(self._decode_threads,
                                                        thread_name_prefix="blurhash")
+    self._decoder = IsolatedDecoder()
     self._session = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=self._timeout),
         connector=aiohttp.TCPConnector(limit=self._max_in_flight))
@@ -68,12 +78,18 @@ class ComputeBlurhashFn(AsyncDoFn):
   async def async_teardown(self):
     await self._session.close()
     self._pool.shutdown(wait=False)
+    self._decoder.close()
 
   async def _fetch(self, url: str) -> bytes:
     # Redirects could lead anywhere: the CDN serves thumbnails directly.
     async with self._session.get(url, allow_redirects=False) as resp:
+      if 300 <= resp.status < 400:
+        accounting.inc(THUMBNAIL_REFUSED)
+        raise ThumbnailFetchError("thumbnail redirect refused (HTTP %d): only the configured "
+                                  "CDN base is fetched" % resp.status)
       if resp.status != 200:
-        raise ThumbnailFetchError("thumbnail HTTP %d" % resp.status)
+        raise ThumbnailFetchError("thumbnail HTTP %d" % resp.status,
+                                  transient=resp.status in (408, 425, 429) or resp.status >= 500)
       if (resp.content_length or 0) > MAX_THUMBNAIL_BYTES:
         raise ThumbnailFetchError("thumbnail larger than %d bytes" % MAX_THUMBNAIL_BYTES)
       chunks, size = [], 0
@@ -94,19 +110,31 @@ class ComputeBlurhashFn(AsyncDoFn):
       if not allowed_url(url, self._cdn_base):
         accounting.inc(THUMBNAIL_REFUSED)
         raise ThumbnailFetchError("thumbnail URL outside the configured CDN base refused")
-      data = await self._fetch(url)
+      try:
+        data = await self._fetch(url)
+      except asyncio.TimeoutError:
+        raise ThumbnailFetchError("thumbnail fetch took longer than %.1f s" % self._timeout,
+                                  transient=True) from None
+      except aiohttp.ClientError as exc:
+        raise ThumbnailFetchError("thumbnail fetch failed: %s" % type(exc).__name__,
+                                  transient=True) from None
       loop = asyncio.get_running_loop()
-      blurhash = await loop.run_in_executor(self._pool, blurhash_for_thumbnail, data)
-    except (ThumbnailFetchError, ThumbnailError, aiohttp.ClientError,
-            asyncio.TimeoutError) as exc:
-      return self._missing(item, "%s: %s" % (type(exc).__name__, exc))
+      blurhash = await loop.run_in_executor(self._pool, self._decoder, data)
+    except (ThumbnailFetchError, ThumbnailError) as exc:
+      if isinstance(exc, DecoderCrash):
+        accounting.inc(DECODER_CRASHES)
+      return self._missing(item, "%s: %s" % (type(exc).__name__, exc),
+                           transient=getattr(exc, "transient", False))
     return [item.replace(blurhash=blurhash)]
 
-  def _missing(self, item: WorkItem, reason: str) -> List[Any]:
+  def _missing(self, item: WorkItem, reason: str, transient: bool = False) -> List[Any]:
     if self._require:
       accounting.dead_lettered(dl.STAGE_BLURHASH)
+      # Fetches are not retried within a run (a re-run tries again): a timeout or a
+      # 5xx is transient_exhausted after its one attempt, anything else permanent.
+      error_class = dl.TRANSIENT_EXHAUSTED if transient else dl.PERMANENT
       return [TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
-          self._run_id, dl.STAGE_BLURHASH, dl.PERMANENT, reason, item))]
+          self._run_id, dl.STAGE_BLURHASH, error_class, reason, item))]
     accounting.inc(accounting.BLURHASH_MISSING)
     return [item.with_note(accounting.BLURHASH_MISSING)]
 

@@ -2,13 +2,16 @@
 
 A dead letter holds what a replay needs (the payload) and never a secret: payloads
 are built from WorkItem.to_payload() or from the raw public input, and every error
-text passes through sanitise() first.
+text passes through sanitise() first (registered secret values, Authorization
+headers, bearer tokens and nsec keys removed).
 """
 
 import datetime
 import json
 import re
 from typing import Any, Dict, Optional
+
+from transforms import secret_values
 
 # Tag names of the outputs every risky DoFn may emit besides its main output.
 DEAD_LETTER = "dead_letter"
@@ -53,7 +56,7 @@ SCHEMA_FIELDS = (
 
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\",}]+")
 _AUTH_HEADER = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^'\",}\n]+")
-_NSEC = re.compile(r"nsec1[0-9a-z]{20,}")
+_NSEC = re.compile(r"(?i)nsec1[0-9a-z]{20,}")
 
 
 def utc_now_iso() -> str:
@@ -61,8 +64,16 @@ def utc_now_iso() -> str:
 
 
 def sanitise(text: Any) -> str:
-  """Error text safe to store: no Authorization header, bearer token or nsec, bounded."""
-  text = str(text)
+  """Error text safe to store: no secret, Authorization header, bearer token or nsec, bounded.
+
+  Args:
+    text: An error message or exception.
+
+  Returns:
+    The text with every value registered in `secret_values` replaced, header and
+    bearer values and nsec keys masked, at most MAX_ERROR_CHARS characters.
+  """
+  text = secret_values.redact(str(text))
   text = _AUTH_HEADER.sub(r"\1***", text)
   text = _BEARER.sub(r"\1***", text)
   text = _NSEC.sub("nsec1***", text)

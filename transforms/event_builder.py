@@ -2,17 +2,29 @@
 
 Tags follow the seed design's order. Numbers are strings, no tag carries an empty
 or null value, and tag values longer than MAX_TAG_BYTES are trimmed at a character
-boundary with an ellipsis (strfry and others refuse values over 1,024 bytes).
+boundary with an ellipsis (strfry and others refuse values over 1,024 bytes). The
+content is trimmed the same way to MAX_CONTENT_BYTES (a Vine caption is at most 140
+characters), at most MAX_HASHTAGS `t` tags are kept, and the whole event is kept
+under MAX_EVENT_BYTES (relays commonly refuse events over 64 KiB): `t` tags are
+dropped from the end, then the content is trimmed further. Tags of the old event
+that the seed does not list (an `expiration` among them) are not carried over.
 """
 
+import json
 import re
 from typing import Any, Dict, List, Optional
 
 from transforms.nostr_event import first_tag_value
-from transforms.records import MIGRATION_NAME, MIGRATION_TAG, VIDEO_KIND, WorkItem
+from transforms.records import MIGRATION_NAME, MIGRATION_TAG, OPENVINE_MEDIA_URL, VIDEO_KIND, \
+  WorkItem, usable_openvine_id
 
 CLIENT_NAME = "divine.video"
 MAX_TAG_BYTES = 1024
+MAX_CONTENT_BYTES = 16 * 1024
+MAX_HASHTAGS = 64
+# Serialised size budget; id, pubkey, sig and field names add about 250 bytes.
+MAX_EVENT_BYTES = 60 * 1024
+_EVENT_OVERHEAD = 400
 MAX_TITLE_CHARS = 100
 DEFAULT_DIM = "480x480"
 DEFAULT_DURATION = "6"
@@ -108,26 +120,29 @@ def build_video_event(item: WorkItem, now: int) -> Dict[str, Any]:
     _add(tags, "comments", row.comment_count)
     _add(tags, "reposts", row.repost_count)
     _add(tags, "username", row.username)
-    for hashtag in row.hashtags:
+    for hashtag in row.hashtags[:MAX_HASHTAGS]:
       _add(tags, "t", hashtag)
   else:
     # Without BigQuery metadata keep what the old event said.
     for name in ("published_at", "loops", "likes", "comments", "reposts", "username"):
       _add(tags, name, first_tag_value(old_tags, name))
-    for tag in old_tags:
-      if len(tag) >= 2 and tag[0] == "t":
-        _add(tags, "t", tag[1])
+    for value in [tag[1] for tag in old_tags if len(tag) >= 2 and tag[0] == "t"][:MAX_HASHTAGS]:
+      _add(tags, "t", value)
   _add(tags, "client", CLIENT_NAME)
   _add(tags, MIGRATION_TAG, MIGRATION_NAME, uid)
 
   dim = first_tag_value(old_tags, "dim") or _imeta_field(old_tags, "dim") or DEFAULT_DIM
   duration = (first_tag_value(old_tags, "duration") or _imeta_field(old_tags, "duration")
               or DEFAULT_DURATION)
+  # The OpenVine source stays in the event as a last imeta fallback: it is where the
+  # video came from, and what --force-remigrate sends the API again.
+  source = (OPENVINE_MEDIA_URL % item.openvine_id
+            if usable_openvine_id(item.openvine_id) else None)
   imeta = ["imeta"]
   for key, value in (("url", urls.get("mp4")), ("m", "video/mp4"), ("dim", dim),
                      ("duration", duration), ("blurhash", item.blurhash),
                      ("image", urls.get("thumbnail")), ("fallback", urls.get("hls")),
-                     ("fallback", urls.get("dash")),
+                     ("fallback", urls.get("dash")), ("fallback", source),
                      ("alt", " ".join((description or "").split()) or None)):
     if value is not None and str(value).strip():
       imeta.append(trim_utf8(clean_text("%s %s" % (key, value))))
@@ -135,8 +150,33 @@ def build_video_event(item: WorkItem, now: int) -> Dict[str, Any]:
     tags.append(imeta)
 
   created_at = max(int(now), int(old["created_at"]) + 1)
-  return {"kind": VIDEO_KIND, "created_at": created_at, "tags": tags,
-          "content": clean_text(content or "")}
+  tags, text = fit_event_size(tags, trim_utf8(clean_text(content or ""), MAX_CONTENT_BYTES))
+  return {"kind": VIDEO_KIND, "created_at": created_at, "tags": tags, "content": text}
+
+
+def _event_bytes(tags: List[List[str]], content: str) -> int:
+  body = json.dumps([tags, content], ensure_ascii=False, separators=(",", ":"))
+  return len(body.encode("utf-8")) + _EVENT_OVERHEAD
+
+
+def fit_event_size(tags: List[List[str]], content: str, max_bytes: int = MAX_EVENT_BYTES):
+  """Drops `t` tags from the end, then trims the content, until the event fits max_bytes."""
+  size = _event_bytes(tags, content)
+  if size <= max_bytes:
+    return tags, content
+  tags = list(tags)
+  while size > max_bytes:
+    last_t = max((i for i, tag in enumerate(tags) if tag[0] == "t"), default=None)
+    if last_t is None:
+      break
+    del tags[last_t]
+    size = _event_bytes(tags, content)
+  while size > max_bytes and content:
+    # JSON escaping can make a byte of text cost up to 6: trim by the overshoot, at least.
+    budget = max(0, len(content.encode("utf-8")) - (size - max_bytes) - 4)
+    content = trim_utf8(content, budget) if budget > 4 else ""
+    size = _event_bytes(tags, content)
+  return tags, content
 
 
 def is_up_to_date(old_event: Dict[str, Any], new_unsigned: Dict[str, Any]) -> bool:

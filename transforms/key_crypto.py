@@ -20,7 +20,8 @@ options (never the key):
 
 GCP client libraries are imported only when such a spec is loaded. No message
 raised here holds key material; unknown specs are not echoed, since a mistyped
-flag may hold the key itself.
+flag may hold the key itself. A loaded KEK's text forms (base64, base64url, hex)
+are registered with `transforms.secret_values`, so the sanitisers scrub them.
 """
 
 import base64
@@ -30,6 +31,7 @@ import re
 import stat
 from typing import Callable, Optional
 
+from transforms import secret_values
 from transforms.nostr_event import KeyError_, parse_public_key
 
 PREFIX = "enc:v1:"
@@ -304,6 +306,14 @@ def _from_kms(rest: str, client, read_file) -> bytes:
   return _decode_kek(bytes(response.plaintext), "gcp-kms", allow_raw=True)
 
 
+def _register_kek(kek: bytes) -> bytes:
+  """Registers the KEK's text forms for redaction; returns the KEK."""
+  for form in (base64.b64encode(kek).decode("ascii"), _b64url(kek), kek.hex(), kek.hex().upper()):
+    secret_values.register(form)
+    secret_values.register(form.rstrip("="))
+  return kek
+
+
 def load_kek(spec: str, secret_client=None, kms_client=None, read_file=open) -> bytes:
   """Loads the 32-byte KEK named by a source spec.
 
@@ -335,13 +345,13 @@ def load_kek(spec: str, secret_client=None, kms_client=None, read_file=open) -> 
         kind, "variable name" if kind == "env" else "path",
         "env:NAME" if kind == "env" else "file:PATH"))
   if kind == "env":
-    return _from_env(rest)
+    return _register_kek(_from_env(rest))
   if kind == "file":
-    return _from_file(rest, read_file)
+    return _register_kek(_from_file(rest, read_file))
   if kind == "gcp-secret":
-    return _from_secret_manager(rest, secret_client)
+    return _register_kek(_from_secret_manager(rest, secret_client))
   if kind == "gcp-kms":
-    return _from_kms(rest, kms_client, read_file)
+    return _register_kek(_from_kms(rest, kms_client, read_file))
   raise KekError("unknown KEK source kind; expected " + SPEC_HELP)
 
 

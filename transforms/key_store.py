@@ -86,7 +86,8 @@ class KeyStore:
       raise KeyStoreError("keys database not found: %s (set --keys-db or MIGRATION_DB)" % path)
     mode = os.stat(path).st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-      _LOG.warning("keys database %s is readable by group or others (mode %o); "
+      # A warning, not a refusal: the seed's databases were made with the default umask.
+      _LOG.warning("keys database %s is accessible by group or others (mode %04o); "
                    "chmod 600 it", path, stat.S_IMODE(mode))
     uri = "file:%s?mode=ro" % os.path.abspath(path)
     try:

@@ -4,26 +4,29 @@ Input and main output: WorkItem. An item that already carries this migration's t
 reuses its Stream uid (no call) unless force_remigrate. Otherwise one
 `POST /v1/openvine/migrate` with the seed's retry policy, many in flight (AsyncDoFn).
 Permanent failures and exhausted retries are dead letters; a refused token stops
-the run (StopRun).
+the run (StopRun). Counters: `migrate_calls` (requests sent, retries included),
+`migrations_reused` (no call: the event already carries our tags).
 """
 
 import logging
-import os
 from typing import Any, List
 
 from apache_beam.pvalue import TaggedOutput
 
 from transforms import accounting
 from transforms import dead_letters as dl
+from transforms import secret_values
 from transforms.concurrency import AsyncDoFn, StopRun
 from transforms.event_builder import existing_urls
 from transforms.migration_api import MigrationClient, RetryPolicy, sanitise_error, \
   validate_openvine_id
-from transforms.records import SKIP_NO_OPENVINE_ID, STREAM_UID_RE, WorkItem
+from transforms.records import SKIP_NO_OPENVINE_ID, STREAM_UID_RE, WorkItem, usable_openvine_id
 
 _LOG = logging.getLogger(__name__)
 
 TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
+MIGRATE_CALLS = "migrate_calls"
+MIGRATIONS_REUSED = "migrations_reused"
 
 
 def monitor_migrated(item: WorkItem) -> str:
@@ -56,7 +59,7 @@ class MigrateVideoFn(AsyncDoFn):
 
   def __init__(self, api_url: str, cdn_base: str, run_id: str, max_in_flight: int,
                policy: RetryPolicy = RetryPolicy(), force_remigrate: bool = False,
-               token_env: str = TOKEN_ENV, sleep=None):
+               token_env: str = TOKEN_ENV, token_secret: str = "", sleep=None):
     super().__init__(max_in_flight)
     self._api_url = api_url
     self._cdn_base = cdn_base
@@ -64,12 +67,16 @@ class MigrateVideoFn(AsyncDoFn):
     self._policy = policy
     self._force = force_remigrate
     self._token_env = token_env
+    self._token_secret = token_secret  # a Secret Manager name, never the token
     self._sleep = sleep
 
   async def async_setup(self):
-    token = os.environ.get(self._token_env, "")
-    if not token:
-      raise StopRun("%s is not set in the worker's environment" % self._token_env)
+    # The token is read here, on the worker: from Secret Manager when a secret is
+    # named (Dataflow), else from the environment. It never passes a constructor.
+    try:
+      token = secret_values.resolve_token(self._token_env, self._token_secret or None)
+    except secret_values.SecretError as exc:
+      raise StopRun("migration API token: %s" % exc) from None
     kwargs = {"sleep": self._sleep} if self._sleep else {}
     self._client = MigrationClient(self._api_url, token, self._cdn_base, policy=self._policy,
                                    max_connections=self._max_in_flight, **kwargs)
@@ -87,6 +94,7 @@ class MigrateVideoFn(AsyncDoFn):
   async def handle(self, item: WorkItem) -> List[Any]:
     if item.source.migrated_uid and not self._force:
       accounting.inc(accounting.VIDEOS_ALREADY_MIGRATED)
+      accounting.inc(MIGRATIONS_REUSED)
       return [reuse_migration(item, self._cdn_base)]
     if not item.openvine_id:
       accounting.skipped(SKIP_NO_OPENVINE_ID)
@@ -94,13 +102,19 @@ class MigrateVideoFn(AsyncDoFn):
                                                      item.vine_id, item.event_id))]
     try:
       openvine_id = validate_openvine_id(item.openvine_id, permissive=True)
+      if not usable_openvine_id(openvine_id):
+        raise ValueError("openvine id must not start with a dot")
     except ValueError as exc:
-      return self._dead(item, dl.BAD_INPUT, "openvine id refused: %s" % exc)
+      shown = sanitise_error(repr(item.openvine_id))[:80]
+      return self._dead(item, dl.BAD_INPUT, "openvine id %s refused: %s" % (shown, exc))
     result = await self._client.migrate(item.vine_id, openvine_id)
+    if result.kind == "config":
+      # Before any counter: increments made off a Beam thread wait for a flush that a
+      # stopped run never does, and would leak into the next run of the same process.
+      raise StopRun("migration API: %s" % result.error)
+    accounting.inc(MIGRATE_CALLS, result.attempts)
     if result.throttled_seconds:
       accounting.inc(accounting.THROTTLING_SECONDS, int(round(result.throttled_seconds)))
-    if result.kind == "config":
-      raise StopRun("migration API: %s" % result.error)
     timing = {"attempts": result.attempts, "first_failure": result.first_failure,
               "last_failure": result.last_failure}
     if result.kind == "permanent":

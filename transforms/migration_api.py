@@ -11,8 +11,11 @@ The module has two layers:
   never raises for an API answer.
 
 The bearer token lives only in a private attribute of the client: it is hidden
-from `repr`, scrubbed from error text, and the client refuses to be pickled so it
-can never travel in a Beam job graph.
+from `repr`, registered for redaction (`transforms.secret_values`) so every
+sanitiser scrubs it from error text, and the client refuses to be pickled so it
+can never travel in a Beam job graph. Requests never follow redirects (the
+Authorization header must not travel to another host) and bodies are read with a
+size cap.
 """
 
 import asyncio
@@ -29,6 +32,8 @@ from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import aiohttp
 
+from transforms import secret_values
+
 _LOG = logging.getLogger(__name__)
 
 MIGRATE_PATH = "/v1/openvine/migrate"
@@ -41,7 +46,8 @@ _MAX_REASON_CHARS = 300
 
 _UID = re.compile(r"[0-9a-f]{32}")
 _OPENVINE_STRICT = re.compile(r"[0-9]{13}-[0-9a-f]{8}")
-_OPENVINE_PERMISSIVE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# No leading dot and no "..": the server places the id in https://api.openvine.co/media/{id}.
+_OPENVINE_PERMISSIVE = re.compile(r"(?!.*\.\.)[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 # The worker reports a dead source as "Failed to fetch video: 404 Not Found".
 _SOURCE_MISSING = re.compile(r"fail\w*\s+to\s+fetch\s+video\W+(404|403|410)\b", re.IGNORECASE)
 _MISSING_CREDENTIALS = re.compile(r"missing\s+stream\s+credentials", re.IGNORECASE)
@@ -149,14 +155,16 @@ def sanitise_error(exc_or_text: Any, secrets: Iterable[str] = ()) -> str:
     secrets: Strings to replace with "***" wherever they appear (URL-encoded too).
 
   Returns:
-    The text with secrets, "Bearer ..." values and Authorization header values
-    replaced by "***", control characters collapsed, at most 300 characters.
+    The text with secrets (those given and every value registered with
+    `secret_values.register`), "Bearer ..." values and Authorization header
+    values replaced by "***", control characters collapsed, at most 300 characters.
   """
   if isinstance(exc_or_text, BaseException):
     message = str(exc_or_text)
     text = f"{type(exc_or_text).__name__}: {message}" if message else type(exc_or_text).__name__
   else:
     text = str(exc_or_text)
+  text = secret_values.redact(text)
   for secret in secrets:
     if secret:
       text = text.replace(secret, "***")
@@ -199,8 +207,9 @@ def validate_openvine_id(v: Any, permissive: bool = False) -> str:
 
   Args:
     v: The candidate id.
-    permissive: Accept any `[A-Za-z0-9._-]{1,64}` instead of the strict
-      `\\d{13}-[0-9a-f]{8}` shape (epoch milliseconds, dash, 8 hex).
+    permissive: Accept any `[A-Za-z0-9._-]{1,64}` without a leading dot or ".."
+      instead of the strict `\\d{13}-[0-9a-f]{8}` shape (epoch milliseconds, dash,
+      8 hex).
 
   Returns:
     The id unchanged.
@@ -494,6 +503,7 @@ class MigrationClient:
     self.max_connections = max_connections
     self.permissive_ids = permissive_ids
     self._token = token
+    secret_values.register(token)
     self._sleep = sleep
     self._rng = rng or random.Random()
     self._session: Optional[aiohttp.ClientSession] = None

@@ -13,8 +13,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import coincurve
 
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
-HEX128 = re.compile(r"^[0-9a-f]{128}$")
+# `\Z`, not `$`: `$` also matches before a trailing newline, and bytes.fromhex skips
+# whitespace, so a pubkey "<hex>\n" would pass and its signature verify.
+HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+HEX128 = re.compile(r"^[0-9a-f]{128}\Z")
 # C0 controls other than \t \n \r, which serialisers and relays disagree on.
 _BAD_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")

@@ -56,6 +56,8 @@ def validate_relay_url(url: str, allow_loopback_ws: bool = True) -> str:
     ValueError: the url (named in the message) is not an acceptable relay url.
   """
   text = (url or "").strip() if isinstance(url, str) else ""
+  if "@" in text:  # first, so that no message below repeats credentials
+    raise ValueError("relay url must not carry credentials (user:password@)")
   try:
     parts = urllib.parse.urlsplit(text)
     host = parts.hostname
@@ -261,7 +263,7 @@ class RelayPublisher:
 
   def __init__(self, url: str, max_in_flight: int = 200, ack_timeout: float = 10.0,
                max_attempts: int = 5, backoff_base: float = 0.5, backoff_cap: float = 30.0,
-               connect_timeout: float = 10.0,
+               connect_timeout: float = 10.0, down_retry_interval: float = 10.0,
                auth_signer: Optional[Callable[[str], Any]] = None,
                sleep: Callable[[float], None] = time.sleep,
                clock: Callable[[], float] = time.monotonic):
@@ -275,6 +277,9 @@ class RelayPublisher:
       backoff_base: first backoff delay in seconds (doubles per attempt, with jitter).
       backoff_cap: largest backoff delay in seconds.
       connect_timeout: seconds for the websocket handshake.
+      down_retry_interval: after max_attempts failed connection attempts the relay is
+        treated as down: events submitted in the next this many seconds fail at once
+        (instead of each waiting out its own round of attempts), then it is tried again.
       auth_signer: pubkey -> Signer (or None) used to answer NIP-42 challenges.
       sleep: used for every backoff delay (tests pass a fake).
       clock: monotonic clock for ack deadlines.
@@ -286,6 +291,7 @@ class RelayPublisher:
     self.backoff_base = backoff_base
     self.backoff_cap = backoff_cap
     self.connect_timeout = connect_timeout
+    self.down_retry_interval = down_retry_interval
     self._auth_signer = auth_signer
     self._sleep = sleep
     self._clock = clock
@@ -306,6 +312,10 @@ class RelayPublisher:
     self._auth_failures: Dict[str, int] = {}
     self._outbox: Deque[str] = collections.deque()  # AUTH frames to send
     self._connect_failures = 0
+    self._down_until = float("-inf")
+    self._down_message = ""
+    self._flaps = 0  # connections in a row that ended before the relay said anything
+    self._connected_at = 0.0
     self._retry_queue: "queue.Queue" = queue.Queue()
     self._sender = threading.Thread(target=self._send_loop, name="relay-sender", daemon=True)
     self._retrier = threading.Thread(target=self._retry_loop, name="relay-retry", daemon=True)
@@ -453,6 +463,18 @@ class RelayPublisher:
           return
         connected = self._ws is not None
       if not connected:
+        with self._cond:
+          if self._clock() < self._down_until:
+            for event_id in list(self._pending):
+              self._finish_locked(event_id, False, OUTCOME_TRANSIENT_EXHAUSTED,
+                                  self._down_message)
+            continue
+          flaps = self._flaps
+        if flaps:
+          # A relay (or a proxy in front of one) that accepts and at once drops the
+          # connection: back off as for a refused connection, so that resends do not
+          # burn every attempt within milliseconds.
+          self._sleep(_backoff(flaps, self.backoff_base, self.backoff_cap))
         self._connect()
         continue
       with self._cond:
@@ -543,6 +565,7 @@ class RelayPublisher:
       self._challenge = None  # may have been set by the previous connection's reader
       self._authed.clear()
       self._last_recv = self._clock()
+      self._connected_at = self._last_recv
       gen = self._gen
       self._cond.notify_all()
     _LOG.debug("connected to %s (connection %d)", self.url, gen)
@@ -555,10 +578,13 @@ class RelayPublisher:
       failures = self._connect_failures
       if failures >= self.max_attempts:
         message = "could not connect after %d tries: %s" % (failures, type(exc).__name__)
-        _LOG.warning("%s: %s; failing %d events", self.url, message, len(self._pending))
+        _LOG.warning("%s: %s; failing %d events, and those of the next %.0f s",
+                     self.url, message, len(self._pending), self.down_retry_interval)
         for event_id in list(self._pending):
           self._finish_locked(event_id, False, OUTCOME_TRANSIENT_EXHAUSTED, message)
         self._connect_failures = 0
+        self._down_until = self._clock() + self.down_retry_interval
+        self._down_message = message
         return
     delay = _backoff(failures, self.backoff_base, self.backoff_cap)
     _LOG.info("cannot connect to %s (%s); retrying in %.2f s", self.url,
@@ -585,6 +611,8 @@ class RelayPublisher:
       if gen != self._gen or self._ws is None:
         return
       ws, self._ws = self._ws, None
+      if self._last_recv <= self._connected_at:
+        self._flaps = min(self._flaps + 1, 10)
       _LOG.info("connection %d to %s ended: %s", gen, self.url, reason)
       self._reset_connection_locked()
       self._cond.notify_all()
@@ -627,6 +655,8 @@ class RelayPublisher:
     if event_id in self._auth_inflight:
       self._on_auth_ok_locked(event_id, accepted, message, gen)
       return
+    if gen == self._gen:
+      self._flaps = 0
     entry = self._pending.get(event_id)
     if entry is None:
       return  # a late answer to an event already resolved

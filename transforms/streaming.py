@@ -68,8 +68,10 @@ class ReadStreamEvents(beam.PTransform):
                | "DeadLetterInvalid" >> beam.ParDo(InvalidEventFn(self._run_id)))
     newest = checked.valid | "KeepNewestPerAddress" >> beam.ParDo(
         KeepNewestPerAddressFn()).with_outputs(dl.SKIPPED, main="main")
-    classified = newest.main | "ExtractVineIds" >> beam.ParDo(ClassifyEventFn()).with_outputs(
-        dl.SKIPPED, main="main")
+    classified = newest.main | "ExtractVineIds" >> beam.ParDo(ClassifyEventFn(
+        self._run_id, reject_future=True)).with_outputs(dl.SKIPPED, dl.DEAD_LETTER, main="main")
     skipped = ((newest[dl.SKIPPED], classified[dl.SKIPPED])
                | "FlattenStreamSkips" >> beam.Flatten())
-    return {"main": classified.main, dl.SKIPPED: skipped, dl.DEAD_LETTER: invalid}
+    dead = ((invalid, classified[dl.DEAD_LETTER])
+            | "FlattenStreamEventDeadLetters" >> beam.Flatten())
+    return {"main": classified.main, dl.SKIPPED: skipped, dl.DEAD_LETTER: dead}
