@@ -290,11 +290,7 @@ def secured(tmp_path_factory):
             "--keys-db", enc_db, "--kek", "env:" + KEK_ENV,
             "--events-file", os.path.join(data, "archive_events.ndjson"),
             "--output-dir", out, "--retry-base-delay", "0.01", "--retry-attempts", "10",
-            "--api-timeout", "5",
-            # nostr-sdk's relay forgets its challenges once more than 20 refusals are
-            # pending, and the publisher then fails events after 3 AUTH refusals: see
-            # test_many_authors_pipelined_on_a_nip42_relay below and the issue 4 report.
-            "--publish-limit", "8"]
+            "--api-timeout", "5"]
     # The wrong token's run must call the API: --force-remigrate, as every vine is migrated.
     for name, token, extra in (("right", TOKEN, []),
                                ("wrong", WRONG_TOKEN, ["--force-remigrate"])):
@@ -341,10 +337,6 @@ def test_nip42_relay_gets_every_vine_signed_and_authenticated_by_its_author(secu
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=False, reason="relay_client: pipelined auth-required refusals make "
-                   "one AUTH per author; the relay answers 'rate-limited: too many "
-                   "authentication attempts' and the publisher fails them permanently "
-                   "(issue 4 report, finding for relay_client)")
 def test_many_authors_pipelined_on_a_nip42_relay():
   signers = [Signer(os.urandom(32).hex()) for _ in range(60)]
   by_pubkey = {s.pubkey: s for s in signers}

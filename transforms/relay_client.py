@@ -35,6 +35,8 @@ OUTCOME_TRANSIENT_EXHAUSTED = "transient_exhausted"
 
 _TRANSIENT_PREFIXES = ("rate-limited", "error")
 _AUTH_KIND = 22242
+_AUTH_REFUSALS = 3  # AUTHs refused for a pubkey on one connection before its events fail
+_AUTH_RETRIES = 8  # transient AUTH failures (and fresh-challenge draws) per pubkey
 _FETCH_TRIES = 4
 
 
@@ -85,7 +87,7 @@ def _is_loopback(host: str) -> bool:
     return False
 
 
-def _backoff(attempt: int, base: float, cap: float) -> float:
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
   """Exponential backoff with equal jitter: between half and all of base * 2**(attempt-1)."""
   delay = min(cap, base * (2 ** max(0, attempt - 1)))
   return delay * (0.5 + random.random() * 0.5)
@@ -100,7 +102,7 @@ def _prefix(message: str) -> str:
 # Reading.
 
 
-def _decode(raw: Any) -> Optional[list]:
+def decode_message(raw: Any) -> Optional[list]:
   try:
     msg = json.loads(raw)
   except (TypeError, ValueError):
@@ -121,7 +123,7 @@ def _read_page(ws, flt: Dict[str, Any], timeout: float) -> List[dict]:
     if remaining <= 0:
       raise websocket.WebSocketTimeoutException("no EOSE within %.1f s" % timeout)
     ws.settimeout(remaining)
-    msg = _decode(ws.recv())
+    msg = decode_message(ws.recv())
     if msg is None:
       _LOG.debug("skipping a malformed relay message")
       continue
@@ -192,7 +194,7 @@ def fetch_events(url: str, base_filter: Dict[str, Any], page_size: int = 500,
             raise RelayError("reading %s failed after %d tries: %s"
                              % (url, attempt, type(exc).__name__)) from exc
           _LOG.info("reading %s: %s; reconnecting (try %d)", url, type(exc).__name__, attempt)
-          time.sleep(_backoff(attempt, 0.5, 5.0))
+          time.sleep(backoff_delay(attempt, 0.5, 5.0))
       pages += 1
       new = [e for e in page if e["id"] not in seen]
       if not new:
@@ -305,12 +307,24 @@ class RelayPublisher:
     self._ws = None
     self._gen = 0
     self._last_recv = 0.0
-    self._challenge: Optional[str] = None
+    self._challenge: Optional[str] = None  # the newest challenge the relay sent
+    self._stale_challenge: Optional[str] = None  # one the relay refused an AUTH on
+    self._used_challenge: Optional[str] = None  # the one the last accepted AUTH used
+    self._reusable: Optional[bool] = None  # is a challenge good for more than one AUTH?
+    self._probed = False  # an event was resent to draw a challenge; none came yet
     self._authed: Set[str] = set()
+    self._unlocks_all: Optional[bool] = None  # does one AUTH let every pubkey write?
     self._auth_inflight: Dict[str, tuple] = {}  # auth id -> (pubkey, sent_at, challenge)
-    self._auth_waiting: Dict[str, List[str]] = {}  # pubkey -> event ids
+    # pubkey -> event ids refused with auth-required, in arrival order. While it is not
+    # empty an AUTH round is in progress and new events are held back (see
+    # _take_frames_locked).
+    self._auth_waiting: Dict[str, List[str]] = {}
     self._auth_failures: Dict[str, int] = {}
+    self._auth_not_before = float("-inf")
     self._outbox: Deque[str] = collections.deque()  # AUTH frames to send
+    self._priority: Deque[str] = collections.deque()  # sent even during an AUTH round
+    # Transient AUTH failures per pubkey; kept across reconnects so that they stay bounded.
+    self._auth_retries: Dict[str, int] = {}
     self._connect_failures = 0
     self._down_until = float("-inf")
     self._down_message = ""
@@ -426,7 +440,7 @@ class RelayPublisher:
       return
     if delay:
       entry.state = _SCHEDULED
-      wait = _backoff(entry.attempts, self.backoff_base, self.backoff_cap)
+      wait = backoff_delay(entry.attempts, self.backoff_base, self.backoff_cap)
       self._retry_queue.put((self._clock() + wait, wait, event_id))
     else:
       entry.state = _READY
@@ -474,7 +488,7 @@ class RelayPublisher:
           # A relay (or a proxy in front of one) that accepts and at once drops the
           # connection: back off as for a refused connection, so that resends do not
           # burn every attempt within milliseconds.
-          self._sleep(_backoff(flaps, self.backoff_base, self.backoff_cap))
+          self._sleep(backoff_delay(flaps, self.backoff_base, self.backoff_cap))
         self._connect()
         continue
       with self._cond:
@@ -487,7 +501,8 @@ class RelayPublisher:
           continue  # _expire_locked dropped a silent connection
         frames, ws, gen = self._take_frames_locked()
         if not frames:
-          self._cond.wait(self._next_wait_locked())
+          if self._ws is not None:
+            self._cond.wait(self._next_wait_locked())
           continue
       for frame in frames:
         try:
@@ -497,11 +512,21 @@ class RelayPublisher:
           break
 
   def _take_frames_locked(self):
+    self._auth_step_locked()
+    if self._ws is None:
+      return [], None, self._gen  # the AUTH round dropped the connection
     frames = list(self._outbox)
     self._outbox.clear()
     now = self._clock()
-    while self._ready and len(frames) < 500:
-      event_id = self._ready.popleft()
+    while len(frames) < 500:
+      # While an AUTH round is in progress only its own resends go out: every event
+      # refused meanwhile would bring a new challenge and make the relay forget older ones.
+      if self._priority:
+        event_id = self._priority.popleft()
+      elif self._ready and not self._auth_waiting:
+        event_id = self._ready.popleft()
+      else:
+        break
       entry = self._pending.get(event_id)
       if entry is None or entry.state != _READY:
         continue
@@ -519,6 +544,8 @@ class RelayPublisher:
     now = self._clock()
     deadlines = [e.sent_at + self.ack_timeout for e in self._pending.values() if e.state == _SENT]
     deadlines += [sent + self.ack_timeout for _, sent, _ in self._auth_inflight.values()]
+    if self._auth_waiting and self._auth_not_before > now:
+      deadlines.append(self._auth_not_before)
     if not deadlines:
       return 1.0
     return min(1.0, max(0.01, min(deadlines) - now))
@@ -526,13 +553,15 @@ class RelayPublisher:
   def _expire_locked(self) -> None:
     """Resends events (and retries AUTHs) that got no answer within ack_timeout."""
     now = self._clock()
-    for auth_id, (_, sent, _) in list(self._auth_inflight.items()):
+    for auth_id, (pubkey, sent, challenge) in list(self._auth_inflight.items()):
       if now - sent >= self.ack_timeout:
         del self._auth_inflight[auth_id]
-    # An event refused with auth-required gets one more ack_timeout for the AUTH round.
+        self._stale_challenge = challenge
+        self._auth_transient_locked(pubkey, "no answer to AUTH within %.1f s" % self.ack_timeout,
+                                    backoff=True)
+    # Events waiting for an AUTH round are bounded by the round's own limits.
     expired = [event_id for event_id, e in self._pending.items()
-               if (e.state == _SENT and now - e.sent_at >= self.ack_timeout)
-               or (e.state == _AUTH_WAIT and now - e.sent_at >= 2 * self.ack_timeout)]
+               if e.state == _SENT and now - e.sent_at >= self.ack_timeout]
     if not expired:
       return
     _LOG.info("%d events without an answer from %s within %.1f s; resending",
@@ -541,9 +570,14 @@ class RelayPublisher:
       self._retry_locked(event_id, "no answer within %.1f s" % self.ack_timeout, delay=False)
     # A connection that has been silent the whole time is probably dead.
     if self._ws is not None and now - self._last_recv >= self.ack_timeout:
-      ws, self._ws = self._ws, None
-      self._reset_connection_locked()
-      threading.Thread(target=_close_quietly, args=(ws,), daemon=True).start()
+      self._drop_connection_locked()
+
+  def _drop_connection_locked(self) -> None:
+    """Abandons the connection (closed in the background); the sender reconnects."""
+    ws, self._ws = self._ws, None
+    self._reset_connection_locked()
+    self._cond.notify_all()
+    threading.Thread(target=_close_quietly, args=(ws,), daemon=True).start()
 
   # -- connection ------------------------------------------------------------
 
@@ -562,8 +596,7 @@ class RelayPublisher:
       self._connect_failures = 0
       self._gen += 1
       self._ws = ws
-      self._challenge = None  # may have been set by the previous connection's reader
-      self._authed.clear()
+      self._clear_auth_state_locked()  # the previous connection's reader may have set some
       self._last_recv = self._clock()
       self._connected_at = self._last_recv
       gen = self._gen
@@ -586,19 +619,30 @@ class RelayPublisher:
         self._down_until = self._clock() + self.down_retry_interval
         self._down_message = message
         return
-    delay = _backoff(failures, self.backoff_base, self.backoff_cap)
+    delay = backoff_delay(failures, self.backoff_base, self.backoff_cap)
     _LOG.info("cannot connect to %s (%s); retrying in %.2f s", self.url,
               type(exc).__name__, delay)
     self._sleep(delay)
 
-  def _reset_connection_locked(self) -> None:
-    """Forgets per-connection state; unanswered events go back to the ready queue."""
+  def _clear_auth_state_locked(self) -> None:
     self._challenge = None
+    self._stale_challenge = None
+    self._used_challenge = None
+    self._reusable = None
+    self._probed = False
     self._authed.clear()
+    self._unlocks_all = None
     self._auth_inflight.clear()
     self._auth_failures.clear()
-    self._outbox.clear()
     self._auth_waiting.clear()
+    self._auth_not_before = float("-inf")
+    self._outbox.clear()
+    self._ready.extend(self._priority)
+    self._priority.clear()
+
+  def _reset_connection_locked(self) -> None:
+    """Forgets per-connection state; unanswered events go back to the ready queue."""
+    self._clear_auth_state_locked()
     unanswered = [i for i, e in self._pending.items() if e.state in (_SENT, _AUTH_WAIT)]
     for event_id in unanswered:
       self._retry_locked(event_id, "connection lost", delay=False)
@@ -630,7 +674,7 @@ class RelayPublisher:
       if not raw and not ws.connected:
         self._connection_lost(gen, "closed")
         return
-      msg = _decode(raw)
+      msg = decode_message(raw)
       if msg is None:
         _LOG.debug("skipping a malformed message from %s", self.url)
         continue
@@ -641,8 +685,11 @@ class RelayPublisher:
           self._on_ok_locked(msg, gen)
         elif msg[0] == "AUTH" and len(msg) >= 2 and isinstance(msg[1], str):
           if gen == self._gen:
+            # Answered by the sender thread (_auth_step_locked), once the answers in
+            # flight have arrived: only the newest challenge is worth answering.
             self._challenge = msg[1]
-            self._send_auths_locked()
+            self._probed = False
+            self._cond.notify_all()
         elif msg[0] == "NOTICE":
           _LOG.info("NOTICE from %s: %.200s", self.url, msg[1] if len(msg) > 1 else "")
 
@@ -661,9 +708,14 @@ class RelayPublisher:
     if entry is None:
       return  # a late answer to an event already resolved
     prefix = _prefix(message)
+    if self._auth_waiting:
+      self._cond.notify_all()  # one answer less in flight: the AUTH round may go on
     if accepted or prefix == "duplicate":
       outcome = OUTCOME_DUPLICATE if prefix == "duplicate" else OUTCOME_ACCEPTED
       self._finish_locked(event_id, True, outcome, message)
+      if gen == self._gen and entry.event.get("pubkey") in self._auth_waiting:
+        # The relay takes this pubkey's events now: its waiting ones need no AUTH.
+        self._release_auth_waiting_locked(entry.event["pubkey"])
       return
     if entry.state != _SENT:
       return  # a refusal of an earlier send: the current one is still coming
@@ -677,6 +729,20 @@ class RelayPublisher:
       self._finish_locked(event_id, False, OUTCOME_PERMANENT, message)
 
   # -- NIP-42 ----------------------------------------------------------------
+  #
+  # One AUTH round at a time per connection. An event refused with auth-required
+  # waits (_AUTH_WAIT, listed by pubkey in _auth_waiting) and, while any event waits,
+  # no new event is sent: each refusal would bring a new challenge, and relays keep
+  # only a few (nostr-sdk's LocalRelay forgets them all past 20), each good once.
+  # Once no event is in flight the sender answers the newest challenge as the first
+  # waiting pubkey (_auth_step_locked). When the relay accepts, the waiting events are
+  # resent: all of them, unless this connection has shown that one pubkey's AUTH does
+  # not let others write (then only that pubkey's, and the round goes on with the
+  # next pubkey). A challenge the relay no longer holds, a rate-limited or unanswered
+  # AUTH are transient: retried on a fresh challenge (drawn by resending one waiting
+  # event, or by reconnecting when that brings none), after a backoff for the rate
+  # limits, at most _AUTH_RETRIES times per pubkey. Other AUTH refusals fail the
+  # pubkey's events after _AUTH_REFUSALS.
 
   def _need_auth_locked(self, event_id: str, entry: _Entry, message: str) -> None:
     pubkey = entry.event.get("pubkey")
@@ -684,13 +750,24 @@ class RelayPublisher:
       self._finish_locked(event_id, False, OUTCOME_PERMANENT, "auth-required: no key")
       return
     entry.message = message
+    refusals, refusal = self._auth_failures.get(pubkey, (0, ""))
+    if refusals >= _AUTH_REFUSALS:
+      self._finish_locked(event_id, False, OUTCOME_PERMANENT, "auth failed: " + refusal)
+      return
     if pubkey in self._authed:
       # Authenticated yet refused: let the attempt bound end it.
       self._retry_locked(event_id, message, delay=True)
       return
+    if self._authed:
+      self._unlocks_all = False  # another pubkey's AUTH did not let this one write
+    # A refusal that only asks for an AUTH does not use up one of the event's attempts
+    # (the AUTH round has its own bounds).
+    entry.attempts = max(0, entry.attempts - 1)
     entry.state = _AUTH_WAIT
-    self._auth_waiting.setdefault(pubkey, []).append(event_id)
-    self._send_auths_locked()
+    waiting = self._auth_waiting.setdefault(pubkey, [])
+    if event_id not in waiting:
+      waiting.append(event_id)
+    self._cond.notify_all()
 
   def _signer_for(self, pubkey: Any):
     if self._auth_signer is None or not isinstance(pubkey, str):
@@ -701,49 +778,110 @@ class RelayPublisher:
       _LOG.warning("auth_signer failed for pubkey %s", pubkey)
       return None
 
-  def _send_auths_locked(self) -> None:
-    """Queues an AUTH, on the newest challenge, for each pubkey with refused events."""
-    if self._challenge is None:
-      return  # sent when the relay's challenge arrives
-    inflight = {pubkey for pubkey, _, _ in self._auth_inflight.values()}
-    for pubkey, ids in self._auth_waiting.items():
+  def _auth_step_locked(self) -> None:
+    """Moves the AUTH round on: answers the newest challenge, or draws a fresh one."""
+    if not self._auth_waiting or self._auth_inflight or self._ws is None:
+      return
+    if self._clock() < self._auth_not_before:
+      return
+    if any(e.state == _SENT for e in self._pending.values()):
+      return  # their answers may bring newer challenges
+    for pubkey in list(self._auth_waiting):
+      ids = [i for i in self._auth_waiting[pubkey]
+             if i in self._pending and self._pending[i].state == _AUTH_WAIT]
+      if ids:
+        self._auth_waiting[pubkey] = ids
+        break
+      del self._auth_waiting[pubkey]
+    else:
+      return  # nothing waits any more: the round is over
+    usable = self._challenge is not None and self._challenge != self._stale_challenge and not (
+        self._challenge == self._used_challenge and self._reusable is False)
+    if usable:
       signer = self._signer_for(pubkey)
-      if pubkey in inflight or not ids or signer is None:
-        continue
+      if signer is None:
+        self._fail_auth_waiting_locked(pubkey, OUTCOME_PERMANENT, "auth-required: no key")
+        return
       auth = signer.sign({
           "created_at": int(time.time()), "kind": _AUTH_KIND, "content": "",
           "tags": [["relay", self.url], ["challenge", self._challenge]]})
       self._auth_inflight[auth["id"]] = (pubkey, self._clock(), self._challenge)
       self._outbox.append(json.dumps(["AUTH", auth]))
       _LOG.debug("authenticating to %s as %s", self.url, pubkey)
-    self._cond.notify_all()
+      return
+    # No challenge the relay still holds.
+    if self._probed:
+      # Resending an event brought none: a new connection may (many relays send one
+      # on connect). The waiting events go back to the ready queue.
+      _LOG.info("no fresh AUTH challenge from %s; reconnecting", self.url)
+      self._drop_connection_locked()
+      return
+    if not self._count_auth_retry_locked(pubkey, "no fresh AUTH challenge"):
+      return
+    # Resend one waiting event: its refusal brings a fresh challenge.
+    self._probed = True
+    self._auth_waiting[pubkey] = ids[1:]  # the key stays: the round is not over
+    self._pending[ids[0]].state = _READY
+    self._priority.append(ids[0])
 
   def _on_auth_ok_locked(self, auth_id: str, accepted: bool, message: str, gen: int) -> None:
     pubkey, _, challenge = self._auth_inflight.pop(auth_id)
     if gen != self._gen:
       return
+    self._cond.notify_all()
     if accepted:
       self._authed.add(pubkey)
-      self._resend_auth_waiting_locked(pubkey, None)
+      self._auth_retries.pop(pubkey, None)
+      if challenge == self._used_challenge:
+        self._reusable = True
+      self._used_challenge = challenge
+      _LOG.debug("authenticated to %s as %s", self.url, pubkey)
+      for key in ([pubkey] if self._unlocks_all is False else list(self._auth_waiting)):
+        self._release_auth_waiting_locked(key)
       return
-    failures = self._auth_failures.get(pubkey, 0) + 1
-    self._auth_failures[pubkey] = failures
-    _LOG.info("AUTH as %s refused by %s (%d times)", pubkey, self.url, failures)
-    if failures >= 3:
-      for event_id in self._auth_waiting.pop(pubkey, []):
-        entry = self._pending.get(event_id)
-        if entry is not None and entry.state == _AUTH_WAIT:
-          self._finish_locked(event_id, False, OUTCOME_PERMANENT, "auth failed: " + message)
-    elif self._challenge != challenge:
-      # Pipelined refusals each bring a new challenge and a relay may keep only the
-      # last few: answer the newest one.
-      self._send_auths_locked()
+    _LOG.info("AUTH as %s refused by %s: %.200s", pubkey, self.url, message)
+    if _prefix(message) in _TRANSIENT_PREFIXES:  # rate-limited: back off, then the newest
+      self._auth_transient_locked(pubkey, message, backoff=True)
+    elif "challenge" in message.lower():
+      # A challenge the relay no longer holds (too old, already used, forgotten).
+      self._stale_challenge = challenge
+      if challenge == self._used_challenge:
+        self._reusable = False  # single-use challenges: wait for a fresh one next time
+      self._auth_transient_locked(pubkey, message, backoff=False)
     else:
-      # Resending draws a fresh challenge (or succeeds if the connection is now authenticated).
-      self._resend_auth_waiting_locked(pubkey, message)
+      self._stale_challenge = challenge  # it may have been used up
+      refusals = self._auth_failures.get(pubkey, (0, ""))[0] + 1
+      self._auth_failures[pubkey] = (refusals, message)
+      if refusals >= _AUTH_REFUSALS:
+        self._fail_auth_waiting_locked(pubkey, OUTCOME_PERMANENT, "auth failed: " + message)
 
-  def _resend_auth_waiting_locked(self, pubkey: str, message: Optional[str]) -> None:
+  def _auth_transient_locked(self, pubkey: str, message: str, backoff: bool) -> None:
+    if self._count_auth_retry_locked(pubkey, message) and backoff:
+      self._auth_not_before = self._clock() + backoff_delay(
+          self._auth_retries[pubkey], self.backoff_base, self.backoff_cap)
+
+  def _count_auth_retry_locked(self, pubkey: str, message: str) -> bool:
+    """Counts one transient AUTH failure; False (events failed) past _AUTH_RETRIES."""
+    retries = self._auth_retries.get(pubkey, 0) + 1
+    self._auth_retries[pubkey] = retries
+    if retries <= _AUTH_RETRIES:
+      return True
+    self._fail_auth_waiting_locked(pubkey, OUTCOME_TRANSIENT_EXHAUSTED,
+                                   "auth failed after %d tries: %s" % (retries - 1, message))
+    return False
+
+  def _release_auth_waiting_locked(self, pubkey: str) -> None:
+    """Resends a pubkey's waiting events, ahead of the events held during the round."""
     for event_id in self._auth_waiting.pop(pubkey, []):
       entry = self._pending.get(event_id)
       if entry is not None and entry.state == _AUTH_WAIT:
-        self._retry_locked(event_id, message or entry.message, delay=False)
+        entry.state = _READY
+        self._priority.append(event_id)
+    self._cond.notify_all()
+
+  def _fail_auth_waiting_locked(self, pubkey: str, outcome: str, message: str) -> None:
+    for event_id in self._auth_waiting.pop(pubkey, []):
+      entry = self._pending.get(event_id)
+      if entry is not None and entry.state == _AUTH_WAIT:
+        self._finish_locked(event_id, False, outcome, message)
+    self._cond.notify_all()

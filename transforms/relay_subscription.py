@@ -51,7 +51,6 @@ import collections
 import hashlib
 import json
 import logging
-import random
 import sys
 import time
 import uuid
@@ -68,7 +67,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms import accounting
 from transforms.records import VIDEO_KIND, migrated_uid
-from transforms.relay_client import validate_relay_url
+from transforms.relay_client import backoff_delay, decode_message, validate_relay_url
 
 _LOG = logging.getLogger(__name__)
 
@@ -81,22 +80,6 @@ MAX_POSITION = sys.maxsize
 POSITIONS_PER_SECOND = 1000
 DEFAULT_OVERLAP_SECONDS = 5
 _TRANSIENT_CLOSED = ("rate-limited", "error")
-
-
-def _backoff_delay(failures: int, base: float, cap: float) -> float:
-  """Exponential backoff with equal jitter: between half and all of base * 2**(failures-1)."""
-  delay = min(cap, base * (2 ** max(0, failures - 1)))
-  return delay * (0.5 + random.random() * 0.5)
-
-
-def _decode(raw: Any) -> Optional[list]:
-  try:
-    msg = json.loads(raw)
-  except (TypeError, ValueError):
-    return None
-  if isinstance(msg, list) and len(msg) >= 2 and isinstance(msg[0], str):
-    return msg
-  return None
 
 
 def _is_event_shape(event: Any) -> bool:
@@ -306,7 +289,7 @@ class RelaySubscriptionClient:
 
   def _schedule_retry(self, reason: str, permanent: bool) -> None:
     self._failures += 1
-    delay = self._backoff_cap if permanent else _backoff_delay(
+    delay = self._backoff_cap if permanent else backoff_delay(
         self._failures, self._backoff_base, self._backoff_cap)
     self._next_attempt = self._monotonic() + delay
     _LOG.info("relay %s: %s; resubscribing since %d in %.2f s", self.url, reason,
@@ -315,8 +298,8 @@ class RelaySubscriptionClient:
   # -- messages --------------------------------------------------------------
 
   def _handle(self, raw: Any) -> Optional[Dict[str, Any]]:
-    msg = _decode(raw)
-    if msg is None:
+    msg = decode_message(raw)
+    if msg is None or len(msg) < 2:
       return None
     kind, sub = msg[0], msg[1]
     if kind == "EVENT" and len(msg) >= 3 and sub in (self._sub_id, self._gap_id):
