@@ -108,3 +108,15 @@ def test_dead_letter_shape_and_sanitising():
   assert json.loads(row["payload"]) == {"a": 1} and row["attempts"] == 5
   with pytest.raises(ValueError):
     dl.make_dead_letter("r", "nowhere", dl.PERMANENT, "x")
+
+
+def test_throttling_seconds_keep_their_fractions(monkeypatch):
+  from transforms import accounting
+  added = []
+  monkeypatch.setattr(accounting, "inc", lambda name, n=1: added.append((name, n)))
+  monkeypatch.setattr(accounting, "_fractions", {})
+  for _ in range(10):
+    accounting.add_seconds("cumulativeThrottlingSeconds", 0.25)
+  accounting.add_seconds("cumulativeThrottlingSeconds", 3.6)
+  assert sum(n for _, n in added) == 6  # 2.5 + 3.6 = 6.1
+  assert {name for name, _ in added} == {"cumulativeThrottlingSeconds"}

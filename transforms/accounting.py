@@ -68,6 +68,23 @@ def reset_deferred() -> None:
     _deferred.clear()
 
 
+_fractions: Dict[str, float] = {}
+
+
+def add_seconds(name: str, seconds: float) -> None:
+  """Adds a duration to an integer counter, carrying the fraction to the next call.
+
+  Beam counters are integers; rounding each backoff separately would lose most of
+  many short waits (Dataflow reads `cumulativeThrottlingSeconds` to hold autoscaling).
+  """
+  with _deferred_lock:
+    total = _fractions.get(name, 0.0) + max(0.0, seconds)
+    whole = int(total)
+    _fractions[name] = total - whole
+  if whole:
+    inc(name, whole)
+
+
 def born(n: int = 1) -> None:
   inc(VINES_IN, n)
 

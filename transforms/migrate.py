@@ -113,8 +113,7 @@ class MigrateVideoFn(AsyncDoFn):
       # stopped run never does, and would leak into the next run of the same process.
       raise StopRun("migration API: %s" % result.error)
     accounting.inc(MIGRATE_CALLS, result.attempts)
-    if result.throttled_seconds:
-      accounting.inc(accounting.THROTTLING_SECONDS, int(round(result.throttled_seconds)))
+    accounting.add_seconds(accounting.THROTTLING_SECONDS, result.throttled_seconds)
     timing = {"attempts": result.attempts, "first_failure": result.first_failure,
               "last_failure": result.last_failure}
     if result.kind == "permanent":
