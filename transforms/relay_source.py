@@ -275,7 +275,7 @@ class ClassifyEventFn(beam.DoFn):
     accounting.inc(accounting.EVENTS_CHECKED)
     source = to_source_event(event)
     missing_on = tuple(sorted(set(readable) - set(holders)))
-    if missing_on:
+    if missing_on and source.vine_id:  # events without a vine id are skipped anyway
       accounting.inc(RELAYS_BEHIND, len(missing_on))
       source = dataclasses.replace(source, missing_on=missing_on)
     ahead = event["created_at"] + 1 - int(self._clock())
