@@ -44,6 +44,11 @@ def configure_runner(options: PipelineOptions, workers: int) -> None:
   if workers > 1:
     direct.direct_running_mode = "multi_processing"
     direct.direct_num_workers = workers
+  standard = options.view_as(StandardOptions)
+  if not standard.runner and not standard.streaming:
+    # The DirectRunner first tries to fetch and start Prism and, offline, falls back
+    # to the FnApiRunner after about a second: start there.
+    standard.runner = "FnApiRunner"
 
 
 def read_counters(result) -> Dict[str, int]:

@@ -134,6 +134,7 @@ class AsyncDoFn(beam.DoFn):
     self._waiting = False
     self._ready = threading.Event()
     self._in_flight = 0
+    self._bundle = 0
     try:
       self.run_sync(self.async_setup())
     except BaseException:
@@ -145,12 +146,15 @@ class AsyncDoFn(beam.DoFn):
     return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
   def start_bundle(self):
+    # A bundle that failed may leave calls running: their results carry the old
+    # bundle number and are dropped, never emitted into this bundle.
+    self._bundle += 1
     self._in_flight = 0
 
   def process(self, element, windowed=beam.DoFn.WindowedValueParam):
     while self._in_flight >= self._max_in_flight:
       yield from self._emit(self._next_done())
-    self._inbox.append((element, windowed))
+    self._inbox.append((element, windowed, self._bundle))
     self._in_flight += 1
     if not self._wake_scheduled:
       self._wake_scheduled = True
@@ -159,7 +163,7 @@ class AsyncDoFn(beam.DoFn):
       yield from self._emit(self._done.popleft())
 
   def finish_bundle(self):
-    while self._in_flight:
+    while self._in_flight > 0:
       yield from self._emit(self._next_done())
 
   def teardown(self):
@@ -205,7 +209,9 @@ class AsyncDoFn(beam.DoFn):
     return self._done.popleft()
 
   def _emit(self, done) -> Iterable[Any]:
-    (element, windowed), outputs, exc = done
+    (element, windowed, bundle), outputs, exc = done
+    if bundle != self._bundle:
+      return
     self._in_flight -= 1
     accounting.flush_deferred()
     if exc is not None:

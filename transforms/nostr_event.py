@@ -13,6 +13,16 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import coincurve
 
+try:  # coincurve's cffi layer: a key pair built once signs many events
+  from coincurve._libsecp256k1 import ffi as _ffi
+  from coincurve._libsecp256k1 import lib as _lib
+  from coincurve.context import GLOBAL_CONTEXT as _CONTEXT
+except ImportError:  # pragma: no cover - other coincurve layouts use the public API
+  _ffi = _lib = _CONTEXT = None
+
+# BIP-340 auxiliary randomness: SHA-256(this salt || message), see Signer.
+_AUX_SALT = os.urandom(32)
+
 # `\Z`, not `$`: `$` also matches before a trailing newline, and bytes.fromhex skips
 # whitespace, so a pubkey "<hex>\n" would pass and its signature verify.
 HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
@@ -20,6 +30,7 @@ HEX128 = re.compile(r"^[0-9a-f]{128}\Z")
 # C0 controls other than \t \n \r, which serialisers and relays disagree on.
 _BAD_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+_SUSPECT_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 
 
 class KeyError_(ValueError):
@@ -156,14 +167,28 @@ def generate_private_key() -> str:
 class Signer:
   """A cached key pair: building the secp256k1 key once per author makes signing cheap.
 
-  repr() never shows the key.
+  coincurve's `PrivateKey.sign_schnorr` rebuilds the key pair (about 36 us) and reads
+  os.urandom on every call: two more calls that release the GIL, and in the busy
+  pipeline process each cost the bundle thread 0.4-1 ms of waiting to get it back
+  (README, Performance). Here the key pair and x-only public key are built once and the
+  BIP-340 auxiliary randomness is SHA-256(per-process secret salt || message): BIP-340
+  nonces stay secret with any aux value (fresh randomness only hardens against side
+  channels). Every signature is still verified before it is returned. repr() never
+  shows the key.
   """
 
-  __slots__ = ("_key", "pubkey")
+  __slots__ = ("_key", "pubkey", "_keypair", "_xonly")
 
   def __init__(self, privkey_hex: str):
     self._key = coincurve.PrivateKey(bytes.fromhex(privkey_hex))
     self.pubkey = self._key.public_key_xonly.format().hex()
+    self._keypair = self._xonly = None
+    if _lib is not None:
+      keypair = _ffi.new("secp256k1_keypair *")
+      xonly = _ffi.new("secp256k1_xonly_pubkey *")
+      if (_lib.secp256k1_keypair_create(_CONTEXT.ctx, keypair, self._key.secret)
+          and _lib.secp256k1_keypair_xonly_pub(_CONTEXT.ctx, xonly, _ffi.NULL, keypair)):
+        self._keypair, self._xonly = keypair, xonly
 
   def __repr__(self):
     return "Signer(pubkey=%s)" % self.pubkey
@@ -172,7 +197,15 @@ class Signer:
     raise TypeError("Signer holds a private key and must never be pickled")
 
   def sign_id(self, event_id_hex: str) -> str:
-    return self._key.sign_schnorr(bytes.fromhex(event_id_hex)).hex()
+    msg = bytes.fromhex(event_id_hex)
+    if self._keypair is None:
+      return self._key.sign_schnorr(msg).hex()
+    sig = _ffi.new("unsigned char[64]")
+    aux = hashlib.sha256(_AUX_SALT + msg).digest()
+    if not (_lib.secp256k1_schnorrsig_sign32(_CONTEXT.ctx, sig, msg, self._keypair, aux)
+            and _lib.secp256k1_schnorrsig_verify(_CONTEXT.ctx, sig, msg, 32, self._xonly)):
+      raise ValueError("schnorr signing failed")
+    return bytes(_ffi.buffer(sig, 64)).hex()
 
   def sign(self, unsigned: Dict[str, Any]) -> Dict[str, Any]:
     """Returns a new signed event dict (pubkey set to this signer's)."""
@@ -244,14 +277,18 @@ def validate_event(event: Any) -> Optional[str]:
   for tag in event["tags"]:
     if not isinstance(tag, list) or not tag or not all(isinstance(v, str) for v in tag):
       return "tag values must be non-empty lists of strings"
-  problem = _check_text(event["content"], "content")
-  if problem:
-    return problem
-  for tag in event["tags"]:
-    for value in tag:
-      problem = _check_text(value, "tag %r" % tag[0][:32])
-      if problem:
-        return problem
+  # One pass over all the text instead of two regular expressions per value (158 ->
+  # 133 us per event measured); the per-value pass only runs to name the culprit.
+  if _SUSPECT_TEXT.search(event["content"]) or _SUSPECT_TEXT.search(
+      "\n".join(["\n".join(tag) for tag in event["tags"]])):
+    problem = _check_text(event["content"], "content")
+    if problem:
+      return problem
+    for tag in event["tags"]:
+      for value in tag:
+        problem = _check_text(value, "tag %r" % tag[0][:32])
+        if problem:
+          return problem
   if compute_event_id(event) != event["id"]:
     return "id does not match the event's content (forged or altered id)"
   if not verify_signature(event["id"], event["sig"], event["pubkey"]):
