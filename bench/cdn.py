@@ -24,6 +24,7 @@ import threading
 from typing import List, Optional
 
 from devstack.emulator import _make_thumbnail  # pylint: disable=protected-access
+from devstack.processes import terminate
 
 _THUMB_SUFFIX = b"/thumbnails/thumbnail.jpg"
 
@@ -118,15 +119,10 @@ class CdnProcess:
     return self
 
   def stop(self) -> None:
-    if self._proc is not None and self._proc.poll() is None:
-      self._proc.terminate()
-      try:
-        self._proc.wait(timeout=5)
-      except subprocess.TimeoutExpired:
-        self._proc.kill()
-        self._proc.wait()
-    if self._proc is not None and self._proc.stdout:
-      self._proc.stdout.close()
+    if self._proc is not None:
+      terminate(self._proc)
+      if self._proc.stdout:
+        self._proc.stdout.close()
     self._proc = None
 
   def __enter__(self) -> "CdnProcess":

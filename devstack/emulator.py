@@ -68,6 +68,8 @@ import requests
 from aiohttp import web
 from PIL import Image
 
+from devstack.processes import terminate
+
 RATE_KNOBS = (
   'fault_500', 'fault_502', 'fault_503', 'fault_429', 'fault_429_no_retry_after', 'fault_hang',
   'fault_reset', 'fault_malformed')
@@ -638,14 +640,8 @@ class EmulatorProcess:
 
   def stop(self):
     """Stops the process (SIGTERM, then SIGKILL after 5 s) and removes its temporary files."""
-    if self._proc is not None and self._proc.poll() is None:
-      self._proc.terminate()
-      try:
-        self._proc.wait(timeout=5)
-      except subprocess.TimeoutExpired:
-        self._proc.kill()
-        self._proc.wait()
     if self._proc is not None:
+      terminate(self._proc)
       self._proc.stdout.close()
       self._stderr_tail = self._read_stderr_tail()
       self._proc = None

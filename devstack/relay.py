@@ -23,6 +23,8 @@ import threading
 import time
 from typing import Deque, List, Optional
 
+from devstack.processes import terminate
+
 HOST = "127.0.0.1"
 READY_PREFIX = "READY "
 # LocalRelay's default (60 events per minute per connection) throttles any bulk test.
@@ -198,13 +200,7 @@ class RelayProcess:
     proc, self._proc = self._proc, None
     if proc is None:
       return
-    if proc.poll() is None:
-      proc.terminate()
-      try:
-        proc.wait(timeout)
-      except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    terminate(proc, timeout)
     if self._stderr_thread is not None:
       self._stderr_thread.join(2.0)  # ends at EOF now that the process is gone
     for stream in (proc.stdout, proc.stderr):

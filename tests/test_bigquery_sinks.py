@@ -6,8 +6,6 @@ sockets are refused, and each test runs under an alarm so it cannot hang.
 """
 
 import collections
-import signal
-import socket
 import uuid
 from unittest import mock
 
@@ -18,6 +16,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apitools.base.py.exceptions import HttpError
 
+from tests.conftest import offline_and_bounded
 from transforms import accounting
 from transforms import dead_letters as dl
 from transforms import bigquery_sinks as bqs
@@ -88,31 +87,9 @@ def _inserted_rows(name):
 
 
 @pytest.fixture(autouse=True)
-def offline_and_bounded():
-  """No credentials lookup, no public network, and an alarm against hangs."""
-  real_connect = socket.socket.connect
-
-  def connect(sock, address):
-    if sock.family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in (
-        "127.0.0.1", "::1", "localhost")):
-      return real_connect(sock, address)
-    raise AssertionError("network access attempted: %r" % (address,))
-
-  def no_credentials(*args, **kwargs):
-    raise AssertionError("google.auth.default called: a real BigQuery client was built")
-
-  def timeout(signum, frame):
-    raise TimeoutError("test took more than %d s" % TEST_SECONDS)
-
-  previous = signal.signal(signal.SIGALRM, timeout)
-  signal.alarm(TEST_SECONDS)
-  try:
-    with mock.patch.object(socket.socket, "connect", connect), \
-        mock.patch("google.auth.default", no_credentials):
-      yield
-  finally:
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+def offline():
+  with offline_and_bounded(TEST_SECONDS):
+    yield
 
 
 def _counter(result, name):

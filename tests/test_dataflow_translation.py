@@ -18,12 +18,9 @@ import bz2
 import json
 import os
 import shutil
-import signal
-import socket
 import sqlite3
 import tarfile
 import zlib
-from unittest import mock
 
 import apache_beam as beam
 import pytest
@@ -34,6 +31,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.internal import apiclient
 
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
+from tests.conftest import offline_and_bounded
 from pipeline.options import MigrationOptions
 from transforms import bigquery_sinks as bqs
 from transforms.bigquery_source import seed_query
@@ -55,37 +53,9 @@ STAGE_DOFNS = {"MigrateVideo": "MigrateVideoFn", "ComputeBlurhash": "ComputeBlur
 
 
 @pytest.fixture(autouse=True)
-def offline_and_bounded():
-  """Public sockets fail the test, credential lookups are recorded, and an alarm fires."""
-  real_connect = socket.socket.connect
-  credential_calls, connections = [], []
-
-  def connect(sock, address):
-    if sock.family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in (
-        "127.0.0.1", "::1", "localhost")):
-      return real_connect(sock, address)
-    connections.append(address)
-    raise AssertionError("network access attempted: %r" % (address,))
-
-  def no_credentials(*args, **kwargs):
-    credential_calls.append(args)
-    raise AssertionError("google.auth.default called during an offline translation")
-
-  def timeout(signum, frame):
-    raise TimeoutError("test took more than %d s" % TEST_SECONDS)
-
-  previous = signal.signal(signal.SIGALRM, timeout)
-  signal.alarm(TEST_SECONDS)
-  try:
-    with mock.patch.object(socket.socket, "connect", connect), \
-        mock.patch("google.auth.default", no_credentials):
-      yield
-  finally:
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
-  # Checked after the test too: Beam may catch and log the errors raised above.
-  assert not credential_calls, "credentials were looked up"
-  assert not connections, "network access attempted: %r" % connections
+def offline():
+  with offline_and_bounded(TEST_SECONDS):
+    yield
 
 
 @pytest.fixture()

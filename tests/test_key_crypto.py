@@ -14,6 +14,7 @@ import pytest
 from pipeline import keys as keys_cli
 from transforms import key_crypto as kc
 from transforms import nostr_event as ne
+from tests.conftest import make_keys_db
 from transforms.key_store import NO_KEK_REASON, KeyStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,16 +29,6 @@ def _kek_forms(kek: bytes):
   """Every textual form a KEK might leak in."""
   return [kek.hex(), kek.hex().upper(), base64.b64encode(kek).decode(),
           base64.urlsafe_b64encode(kek).decode().rstrip("=")]
-
-
-def _db(path, rows):
-  conn = sqlite3.connect(path)
-  conn.execute("CREATE TABLE user_migrations (username TEXT PRIMARY KEY, nostr_public_key TEXT,"
-               " nostr_private_key TEXT)")
-  conn.executemany("INSERT INTO user_migrations VALUES (?,?,?)", rows)
-  conn.commit()
-  conn.close()
-  os.chmod(path, 0o600)
 
 
 def _stored(path):
@@ -262,7 +253,7 @@ def test_key_store_encrypted_db_without_kek_refuses_rows(tmp_path, caplog):
   kek = os.urandom(32)
   (priv_a, pub_a), (priv_b, pub_b) = _pair(), _pair()
   path = str(tmp_path / "enc.db")
-  _db(path, [("a", pub_a, kc.encrypt_value(kek, pub_a, priv_a)),
+  make_keys_db(path, [("a", pub_a, kc.encrypt_value(kek, pub_a, priv_a)),
              ("b", pub_b, kc.encrypt_value(kek, pub_b, priv_b))])
   store = KeyStore.load(path)
   assert len(store) == 0
@@ -279,7 +270,7 @@ def test_key_store_swapped_rows_and_plaintext_rows(tmp_path, caplog):
   kek = os.urandom(32)
   (priv_a, pub_a), (priv_b, pub_b), (priv_c, pub_c) = _pair(), _pair(), _pair()
   path = str(tmp_path / "mixed.db")
-  _db(path, [("a", pub_a, kc.encrypt_value(kek, pub_b, priv_b)),  # moved from row b
+  make_keys_db(path, [("a", pub_a, kc.encrypt_value(kek, pub_b, priv_b)),  # moved from row b
              ("c", pub_c, priv_c)])                                # plaintext left behind
   store = KeyStore.load(path, decrypt=kc.make_decryptor(kek))
   assert store.signer_for(pub_a) is None and store.signer_for(pub_c) is not None
@@ -287,7 +278,7 @@ def test_key_store_swapped_rows_and_plaintext_rows(tmp_path, caplog):
   assert (store.encrypted_rows, store.plaintext_rows) == (1, 1)
   assert "plaintext keys in an encrypted database" in store.storage_warning()
   plain = str(tmp_path / "plain.db")
-  _db(plain, [("c", pub_c, priv_c)])
+  make_keys_db(plain, [("c", pub_c, priv_c)])
   caplog.clear()
   store = KeyStore.load(plain)
   assert store.storage_warning().startswith("keys database is plaintext")
@@ -311,7 +302,7 @@ def test_cli_encrypt_end_to_end(tmp_path, monkeypatch, capsys):
            ("npub here", npub_pub, ne.npub_encode(npub_pub)),    # row 6
            ("short", good[0][1] + "x", good[0][0][:40])]         # row 7
   plain, enc = str(tmp_path / "plain.db"), str(tmp_path / "enc.db")
-  _db(plain, rows)
+  make_keys_db(plain, rows)
   secrets = [p for p, _ in good] + [nsec_priv, mis_priv, good[0][0][:40]]
   secrets += [ne.nsec_encode(p) for p in secrets[:5]] + _kek_forms(kek)
 
@@ -379,7 +370,7 @@ def test_cli_encrypt_end_to_end(tmp_path, monkeypatch, capsys):
 def test_cli_encrypt_errors_write_nothing(tmp_path, monkeypatch, capsys):
   priv, pub = _pair()
   plain, enc = str(tmp_path / "plain.db"), str(tmp_path / "enc.db")
-  _db(plain, [("a", pub, priv)])
+  make_keys_db(plain, [("a", pub, priv)])
   monkeypatch.delenv("MIGRATION_KEK", raising=False)
   assert keys_cli.main(["encrypt", "--in", plain, "--out", enc, "--kek", "env:MIGRATION_KEK"]) == 2
   assert "MIGRATION_KEK is not set" in capsys.readouterr().err

@@ -2,10 +2,10 @@
 
 import json
 import pickle
-import sqlite3
 
 import pytest
 
+from tests.conftest import make_keys_db
 from transforms import dead_letters as dl
 from transforms import nostr_event as ne
 from transforms.key_store import KeyStore, KeyStoreError
@@ -62,20 +62,11 @@ def test_signer_never_pickles_or_prints_key():
     pickle.dumps(signer)
 
 
-def _db(path, rows):
-  conn = sqlite3.connect(path)
-  conn.execute("CREATE TABLE user_migrations (username TEXT PRIMARY KEY, nostr_public_key TEXT,"
-               " nostr_private_key TEXT)")
-  conn.executemany("INSERT INTO user_migrations VALUES (?,?,?)", rows)
-  conn.commit()
-  conn.close()
-
-
 def test_key_store_by_pubkey_and_refusals(tmp_path, caplog):
   good, other, nsec_user = (ne.generate_private_key() for _ in range(3))
   mismatch = ne.generate_private_key()
   path = str(tmp_path / "keys.db")
-  _db(path, [
+  make_keys_db(path, [
       ("same name", ne.derive_public_key(good), good),
       ("same name (2)", ne.derive_public_key(nsec_user), ne.nsec_encode(nsec_user)),
       ("npub", ne.derive_public_key(other), ne.npub_encode(ne.derive_public_key(other))),
