@@ -20,6 +20,9 @@ TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
 DEFAULT_CDN = "https://cdn.divine.video"
 MODE_MIGRATE = "migrate"
 MODE_REPLAY = "replay"
+KIND_32222 = "32222"
+KIND_34236 = "34236"
+KIND_BOTH = "both"
 
 
 class ConfigError(ValueError):
@@ -115,6 +118,15 @@ class MigrationOptions(PipelineOptions):
                         help="Seconds per migration API request (default 60).")
     parser.add_argument("--page-size", dest="page_size", type=int, default=500,
                         help="Events per relay page when reading (default 500).")
+    parser.add_argument("--event-kind", dest="event_kind", default=KIND_32222,
+                        choices=(KIND_32222, KIND_34236, KIND_BOTH),
+                        help="What to publish per vine: 32222 (default, the seed's kind, "
+                        "replacing the original event), 34236 (NIP-71 short video, what current "
+                        "divine.video clients read; a second address, same key and d) or both "
+                        "(published together, counted as one published vine).")
+    parser.add_argument("--no-progress", dest="no_progress", action="store_true",
+                        help="No live progress display (it is also off when stderr is not a "
+                        "terminal).")
 
 
 _MACHINE_CPUS = re.compile(r"-(\d+)$")
