@@ -15,8 +15,10 @@ migrates nor publishes twice. Outcomes of a replay carry `replay_of` pointing at
 dead letter they replay.
 """
 
+import collections
 import datetime
 import json
+import logging
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
@@ -24,7 +26,10 @@ from apache_beam.pvalue import TaggedOutput
 
 from transforms import accounting
 from transforms import dead_letters as dl
+from transforms.concurrency import log_stage
 from transforms.records import SourceEvent, WorkItem, newer, row_from_dict, to_source_event
+
+_LOG = logging.getLogger(__name__)
 
 REPLAY_KEYS = ("run_id", "stage", "error_class", "since", "until")
 # The stage a failed stage is replayed from. A signature is cheap and its input
@@ -148,19 +153,33 @@ class ToReplayItemFn(beam.DoFn):
     super().__init__()
     self._filter = flt
 
+  def setup(self):
+    self._counts = collections.Counter()
+    shown = ",".join("%s=%s" % (k, "|".join(v)) for k, v in sorted(self._filter.items()))
+    log_stage(_LOG, "ReplayDeadLetters", "ready", filter=shown or UNFILTERED)
+
+  def teardown(self):
+    counts = getattr(self, "_counts", {})
+    log_stage(_LOG, "ReplayDeadLetters", "done", **{k: counts.get(k, 0) for k in (
+        "replayed", "not_replayable", "filtered_out")})
+
   def process(self, dead: Any) -> Iterator[Any]:
     if isinstance(dead, str):
       dead = json.loads(dead)
     if not matches(dead, self._filter):
+      self._counts["filtered_out"] += 1
       return
     accounting.born()
     try:
       entry, item = item_from_dead_letter(dead)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError) as exc:
+      self._counts["not_replayable"] += 1
+      _LOG.debug("dead letter %s not replayable: %s", replay_pointer(dead), exc)
       accounting.skipped(SKIP_NOT_REPLAYABLE)
       yield TaggedOutput(dl.SKIPPED, dl.make_skip("replay", SKIP_NOT_REPLAYABLE,
                                                   dead.get("vine_id"), dead.get("event_id")))
       return
+    self._counts["replayed"] += 1
     yield item.vine_id, (entry, item)
 
 

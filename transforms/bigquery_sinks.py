@@ -32,6 +32,7 @@ from apache_beam.io.gcp.bigquery_tools import RetryStrategy
 
 from transforms import accounting
 from transforms import dead_letters as dl
+from transforms.concurrency import CappedLog
 
 _LOG = logging.getLogger(__name__)
 
@@ -171,11 +172,16 @@ class _FailedRowFn(beam.DoFn):
     self._counter = counter
     self._id_fields = tuple(id_fields)
 
+  def setup(self):
+    # A wrong schema refuses every row: the first few are logged, the rest counted.
+    self._refused_log = CappedLog(_LOG, "refused BigQuery rows", level=logging.ERROR)
+
   def process(self, failed) -> Iterator[Dict[str, Any]]:
     table, row, errors = failed
     accounting.inc(self._counter)
     ids = " ".join("%s=%s" % (f, row.get(f)) for f in self._id_fields)
-    _LOG.error("BigQuery refused a row of %s (%s): reasons %s", table, ids, _reasons(errors))
+    self._refused_log.log("BigQuery refused a row of %s (%s): reasons %s", table, ids,
+                          _reasons(errors))
     yield failed_write_record(table, row, errors)
 
 

@@ -10,6 +10,7 @@ or dead-lettered when the user asked for require_blurhash.
 """
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 from typing import Any, List
@@ -21,7 +22,7 @@ from apache_beam.pvalue import TaggedOutput
 from transforms import accounting
 from transforms import dead_letters as dl
 from transforms.blurhash_fast import DecoderCrash, IsolatedDecoder, ThumbnailError
-from transforms.concurrency import AsyncDoFn
+from transforms.concurrency import AsyncDoFn, CappedLog
 from transforms.records import WorkItem
 
 _LOG = logging.getLogger(__name__)
@@ -67,7 +68,18 @@ class ComputeBlurhashFn(AsyncDoFn):
     self._require = require_blurhash
     self._decode_threads = decode_threads
 
+  def ready_details(self):
+    return {"cdn": self._cdn_base, "timeout_s": float(self._timeout),
+            "decode_threads": self._decode_threads, "require_blurhash": self._require}
+
+  def done_details(self):
+    counts = getattr(self, "_counts", {})
+    return {k: counts.get(k, 0) for k in ("hashed", "had_blurhash", "missing", "dead_lettered",
+                                          "host_refused", "decoder_crashes")}
+
   async def async_setup(self):
+    self._counts = collections.Counter()  # touched on the event loop thread only
+    self._unexpected_log = CappedLog(_LOG, "unexpected blurhash errors")
     self._pool = concurrent.futures.ThreadPoolExecutor(self._decode_threads,
                                                        thread_name_prefix="blurhash")
     self._decoder = IsolatedDecoder()
@@ -85,6 +97,7 @@ class ComputeBlurhashFn(AsyncDoFn):
     async with self._session.get(url, allow_redirects=False) as resp:
       if 300 <= resp.status < 400:
         accounting.inc(THUMBNAIL_REFUSED)
+        self._counts["host_refused"] += 1
         raise ThumbnailFetchError("thumbnail redirect refused (HTTP %d): only the configured "
                                   "CDN base is fetched" % resp.status)
       if resp.status != 200:
@@ -102,6 +115,7 @@ class ComputeBlurhashFn(AsyncDoFn):
 
   async def handle(self, item: WorkItem) -> List[Any]:
     if item.blurhash:
+      self._counts["had_blurhash"] += 1
       return [item]
     url = (item.migration or {}).get("thumbnail")
     try:
@@ -109,6 +123,7 @@ class ComputeBlurhashFn(AsyncDoFn):
         raise ThumbnailFetchError("no thumbnail URL")
       if not allowed_url(url, self._cdn_base):
         accounting.inc(THUMBNAIL_REFUSED)
+        self._counts["host_refused"] += 1
         raise ThumbnailFetchError("thumbnail URL outside the configured CDN base refused")
       try:
         data = await self._fetch(url)
@@ -123,12 +138,16 @@ class ComputeBlurhashFn(AsyncDoFn):
     except (ThumbnailFetchError, ThumbnailError) as exc:
       if isinstance(exc, DecoderCrash):
         accounting.inc(DECODER_CRASHES)
+        self._counts["decoder_crashes"] += 1
       return self._missing(item, "%s: %s" % (type(exc).__name__, exc),
                            transient=getattr(exc, "transient", False))
+    self._counts["hashed"] += 1
     return [item.replace(blurhash=blurhash)]
 
   def _missing(self, item: WorkItem, reason: str, transient: bool = False) -> List[Any]:
+    _LOG.debug("blurhash %s: no blurhash (%s)", item.vine_id, reason)
     if self._require:
+      self._counts["dead_lettered"] += 1
       accounting.dead_lettered(dl.STAGE_BLURHASH)
       # Fetches are not retried within a run (a re-run tries again): a timeout or a
       # 5xx is transient_exhausted after its one attempt, anything else permanent.
@@ -136,8 +155,10 @@ class ComputeBlurhashFn(AsyncDoFn):
       return [TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
           self._run_id, dl.STAGE_BLURHASH, error_class, reason, item))]
     accounting.inc(accounting.BLURHASH_MISSING)
+    self._counts["missing"] += 1
     return [item.with_note(accounting.BLURHASH_MISSING)]
 
   def on_unexpected(self, item: WorkItem, exc: BaseException) -> List[Any]:
-    _LOG.warning("blurhash %s: unexpected %s", item.vine_id, type(exc).__name__)
+    # A bug, not a bad thumbnail: worth a warning, but capped.
+    self._unexpected_log.log("blurhash %s: unexpected %s", item.vine_id, type(exc).__name__)
     return self._missing(item, "unexpected %s" % type(exc).__name__)

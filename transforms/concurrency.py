@@ -20,13 +20,18 @@ to get it back under load; see bench/README.md):
 
 Results are emitted with the window and timestamp of the element that produced them,
 so the DoFn also behaves under windowing in streaming.
+
+Logging: every AsyncDoFn logs one INFO line when it is ready (`setup()`) and one when
+it is done (`teardown()`), "<Stage>: ready (<settings>)" / "<Stage>: done (<counts>)";
+`stage_line` and `CappedLog` serve other DoFns the same way. Per-element messages
+are DEBUG, except rare failures an operator must see, which go through a CappedLog.
 """
 
 import asyncio
 import collections
 import logging
 import threading
-from typing import Any, Iterable, List, Optional
+from typing import Any, Iterable, List, Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
@@ -43,6 +48,65 @@ class StopRun(RuntimeError):
   Raised out of the DoFn on purpose: burning the whole corpus into dead letters
   would help nobody.
   """
+
+
+def stage_line(stage: str, state: str, details: Mapping[str, Any]) -> str:
+  """The one shape of stage start/end log lines: "<Stage>: <state> (k v, k v)".
+
+  Args:
+    stage: The stage's name, e.g. "MigrateVideo".
+    state: "ready" or "done".
+    details: Settings or counts, in order; floats are shown with at most two decimals,
+      and a key ending in "_s" is a duration in seconds ("timeout_s=60.0" -> "timeout 60 s").
+
+  Returns:
+    The line, e.g. "MigrateVideo: done (elements 50, unexpected errors 0)".
+  """
+  parts = []
+  for key, value in details.items():
+    unit = ""
+    if key.endswith("_s"):
+      key, unit = key[:-2], " s"
+    if isinstance(value, float):
+      value = ("%.2f" % value).rstrip("0").rstrip(".")
+    parts.append("%s %s%s" % (key.replace("_", " "), value, unit))
+  return "%s: %s (%s)" % (stage, state, ", ".join(parts))
+
+
+def log_stage(logger: logging.Logger, stage: str, state: str, **details: Any) -> None:
+  """Logs a stage_line at INFO."""
+  logger.info("%s", stage_line(stage, state, details), stacklevel=2)
+
+
+class CappedLog:
+  """Logs the first `limit` messages at `level`, then one notice, then the rest at DEBUG.
+
+  For per-element failures an operator must see (a vine's retries exhausted): a
+  handful are worth a WARNING each, thousands (a failing API) would drown the log.
+  Every message is counted (`count`), so a done line can report the total. Safe to
+  call from several threads.
+  """
+
+  def __init__(self, logger: logging.Logger, what: str, limit: int = 20,
+               level: int = logging.WARNING):
+    self._logger = logger
+    self._what = what
+    self._limit = limit
+    self._level = level
+    self._lock = threading.Lock()
+    self.count = 0
+
+  def log(self, msg: str, *args: Any) -> None:
+    with self._lock:
+      self.count += 1
+      count = self.count
+    if count <= self._limit:
+      self._logger.log(self._level, msg, *args, stacklevel=2)
+      if count == self._limit:
+        self._logger.log(self._level, "%d %s logged: further ones at DEBUG only (the done "
+                         "line counts them)", count, self._what)
+    else:
+      self._logger.debug(msg, *args, stacklevel=2)
 
 
 def wrap_output(output: Any, timestamp, window) -> Any:
@@ -102,7 +166,8 @@ class AsyncDoFn(beam.DoFn):
   """Base class: subclasses implement `async handle(element) -> list of outputs`.
 
   Optional hooks: `async async_setup()`, `async async_teardown()`, and
-  `on_unexpected(element, exc) -> list of outputs` (a dead letter, normally).
+  `on_unexpected(element, exc) -> list of outputs` (a dead letter, normally);
+  `ready_details()` and `done_details()` add to the stage's ready and done log lines.
   """
 
   def __init__(self, max_in_flight: int):
@@ -124,6 +189,23 @@ class AsyncDoFn(beam.DoFn):
   def on_unexpected(self, element, exc: BaseException) -> List[Any]:
     raise exc
 
+  @property
+  def stage_name(self) -> str:
+    """The name in the ready/done lines: the class name without its "Fn" suffix."""
+    name = type(self).__name__
+    return name[:-2] if name.endswith("Fn") else name
+
+  def _stage_logger(self) -> logging.Logger:
+    return logging.getLogger(type(self).__module__)
+
+  def ready_details(self) -> Mapping[str, Any]:
+    """Settings for the ready line (after the in-flight limit)."""
+    return {}
+
+  def done_details(self) -> Mapping[str, Any]:
+    """Counts for the done line (after the elements handled and unexpected errors)."""
+    return {}
+
   # -- Beam lifecycle ---------------------------------------------------------
   def setup(self):
     self._loop = _SharedLoop.acquire()
@@ -135,12 +217,16 @@ class AsyncDoFn(beam.DoFn):
     self._ready = threading.Event()
     self._in_flight = 0
     self._bundle = 0
+    self._handled = 0
+    self._unexpected = 0
     try:
       self.run_sync(self.async_setup())
     except BaseException:
       self._loop = None
       _SharedLoop.release()
       raise
+    log_stage(self._stage_logger(), self.stage_name, "ready", max_in_flight=self._max_in_flight,
+              **self.ready_details())
 
   def run_sync(self, coro):
     return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -176,6 +262,12 @@ class AsyncDoFn(beam.DoFn):
       _LOG.warning("%s teardown failed", type(self).__name__, exc_info=True)
     self._loop = None
     _SharedLoop.release()
+    try:
+      details = dict(self.done_details())
+    except Exception:  # pylint: disable=broad-except
+      details = {}
+    log_stage(self._stage_logger(), self.stage_name, "done", elements=self._handled,
+              unexpected_errors=self._unexpected, **details)
 
   # -- the loop's side ---------------------------------------------------------
   def _start_inbox(self) -> None:
@@ -213,10 +305,12 @@ class AsyncDoFn(beam.DoFn):
     if bundle != self._bundle:
       return
     self._in_flight -= 1
+    self._handled += 1
     accounting.flush_deferred()
     if exc is not None:
       if isinstance(exc, StopRun):
         raise exc
+      self._unexpected += 1
       outputs = self.on_unexpected(element, exc)
     for output in outputs or ():
       yield wrap_like(output, windowed)

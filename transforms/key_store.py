@@ -120,13 +120,16 @@ class KeyStore:
       except KeyError_ as exc:
         reason = str(exc)
         refused[reason] = refused.get(reason, 0) + 1
-        _LOG.warning("keys database row %d refused: %s", index + 1, reason)
+        _LOG.debug("keys database row %d refused: %s", index + 1, reason)
         continue
       if pubkey in signers:
         continue
       signers[pubkey] = Signer(privkey)
     _LOG.info("keys database: %d usable keys, %d rows refused (%d encrypted, %d plaintext)",
               len(signers), sum(refused.values()), encrypted_rows, plaintext_rows)
+    if refused:  # one line for all refused rows (each row's number is at DEBUG)
+      _LOG.warning("keys database: %d rows refused: %s", sum(refused.values()),
+                   "; ".join("%d x %s" % (n, reason) for reason, n in sorted(refused.items())))
     store = cls(signers, refused, encrypted_rows, plaintext_rows, decrypt is not None)
     warning = store.storage_warning()
     if warning:

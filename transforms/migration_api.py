@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 import aiohttp
 
 from transforms import secret_values
+from transforms.concurrency import CappedLog, log_stage
 
 _LOG = logging.getLogger(__name__)
 
@@ -508,6 +509,15 @@ class MigrationClient:
     self._rng = rng or random.Random()
     self._session: Optional[aiohttp.ClientSession] = None
     self._slots: Optional[asyncio.Semaphore] = None
+    self._counts = {"vines": 0, "calls": 0, "successes": 0, "retries": 0, "exhausted": 0,
+                    "permanent": 0, "config": 0}
+    self._throttled = 0.0
+    self._exhausted_log = CappedLog(_LOG, "migrations with exhausted retries")
+
+  def stats(self) -> Dict[str, Any]:
+    """Counts since start: vines, calls (requests), successes, retries, exhausted,
+    permanent, config, throttled_seconds (backoff and Retry-After sleeps)."""
+    return dict(self._counts, throttled_seconds=round(self._throttled, 3))
 
   def __repr__(self) -> str:
     return f"MigrationClient(base_url={self.base_url!r}, cdn_base={self.cdn_base!r}, token='***')"
@@ -525,12 +535,16 @@ class MigrationClient:
       timeout=aiohttp.ClientTimeout(total=self.policy.timeout),
       headers={"User-Agent": "vine-migration", "Accept": "application/json"},
     )
+    log_stage(_LOG, "MigrationClient", "ready", api=self.base_url,
+              max_connections=self.max_connections, attempts=self.policy.max_attempts,
+              base_delay_s=float(self.policy.base_delay), timeout_s=float(self.policy.timeout))
 
   async def close(self) -> None:
     """Closes the HTTP session; safe to call twice."""
     session, self._session = self._session, None
     if session is not None:
       await session.close()
+      log_stage(_LOG, "MigrationClient", "done", **self.stats())
 
   async def __aenter__(self) -> "MigrationClient":
     await self.start()
@@ -609,8 +623,10 @@ class MigrationClient:
       result.error = f"invalid id: {exc}"
       return result
     self._require_session()
+    self._counts["vines"] += 1
     for attempt in range(1, self.policy.max_attempts + 1):
       result.attempts = attempt
+      self._counts["calls"] += 1
       outcome, result.http_status = await self._post_once(payload)
       if outcome.kind == "success":
         try:
@@ -619,6 +635,7 @@ class MigrationClient:
           outcome = Outcome("transient", f"malformed response: {exc}")
         else:
           result.kind, result.api_status, result.error = "success", outcome.reason, None
+          self._counts["successes"] += 1
           return result
       now = _utc_now_iso()
       result.first_failure = result.first_failure or now
@@ -626,6 +643,9 @@ class MigrationClient:
       result.error = outcome.reason
       if outcome.kind in ("permanent", "config"):
         result.kind = outcome.kind
+        self._counts[outcome.kind] += 1
+        _LOG.debug("vine %s: %s after %d attempts: %s", vine_id, outcome.kind, attempt,
+                   outcome.reason)
         return result
       if attempt == self.policy.max_attempts:
         break
@@ -633,9 +653,15 @@ class MigrationClient:
       _LOG.debug(
         "vine %s attempt %d: %s; retrying in %.1fs", vine_id, attempt, outcome.reason, delay
       )
+      self._counts["retries"] += 1
+      self._throttled += delay
       result.throttled_seconds += delay
       await self._sleep(delay)
     result.kind = "transient_exhausted"
+    self._counts["exhausted"] += 1
+    # The reason is the classified, sanitised outcome: never the body, headers or token.
+    self._exhausted_log.log("migrate: vine %s: retries exhausted (transient_exhausted) after %d "
+                            "attempts: %s", vine_id, result.attempts, result.error)
     result.error = f"gave up after {result.attempts} attempts: {result.error}"
     return result
 

@@ -8,7 +8,10 @@ and resends whatever was unacknowledged when a relay goes away.
 
 Nothing here opens a connection at import time, and a publisher is built where
 it is used (a DoFn's ``setup()``), never pickled. Logs carry ids and counts only,
-never event contents or keys.
+never event contents or keys. INFO and above: a read's start and end per relay, a
+publisher's ready and done lines (with its counts), connection losses (WARNING, once
+each, with the reason) and reconnects, connection failures, the first NOTICEs of a
+relay; per-event outcomes are DEBUG.
 """
 
 import collections
@@ -26,6 +29,8 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set
 
 import websocket
 
+from transforms.concurrency import CappedLog, log_stage
+
 _LOG = logging.getLogger(__name__)
 
 OUTCOME_ACCEPTED = "accepted"
@@ -38,6 +43,7 @@ _AUTH_KIND = 22242
 _AUTH_REFUSALS = 3  # AUTHs refused for a pubkey on one connection before its events fail
 _AUTH_RETRIES = 8  # transient AUTH failures (and fresh-challenge draws) per pubkey
 _FETCH_TRIES = 4
+_NOTICES_LOGGED = 5  # NOTICEs per relay connection logged at INFO (then DEBUG)
 
 
 class RelayError(RuntimeError):
@@ -174,7 +180,10 @@ def fetch_events(url: str, base_filter: Dict[str, Any], page_size: int = 500,
   until = base_filter.get("until")
   largest_page = 0
   pages = 0
+  reconnects = 0
   ws = None
+  _LOG.info("reading %s: start (kinds %s, page size %d%s)", url, base_filter.get("kinds"),
+            page_size, "" if max_pages is None else ", at most %d pages" % max_pages)
   try:
     while max_pages is None or pages < max_pages:
       flt = dict(base_filter)
@@ -195,7 +204,9 @@ def fetch_events(url: str, base_filter: Dict[str, Any], page_size: int = 500,
           if attempt == _FETCH_TRIES:
             raise RelayError("reading %s failed after %d tries: %s"
                              % (url, attempt, type(exc).__name__)) from exc
-          _LOG.info("reading %s: %s; reconnecting (try %d)", url, type(exc).__name__, attempt)
+          reconnects += 1
+          _LOG.warning("reading %s: connection lost (%s); reconnecting (try %d of %d)", url,
+                       type(exc).__name__, attempt + 1, _FETCH_TRIES)
           time.sleep(backoff_delay(attempt, 0.5, 5.0))
       pages += 1
       new = [e for e in page if e["id"] not in seen]
@@ -212,7 +223,8 @@ def fetch_events(url: str, base_filter: Dict[str, Any], page_size: int = 500,
         seen.add(event["id"])
       until = min(e["created_at"] for e in page)
       yield from new
-    _LOG.debug("read %d events in %d pages from %s", len(seen), pages, url)
+    _LOG.info("reading %s: done (%d events in %d pages, %d reconnects)", url, len(seen), pages,
+              reconnects)
   finally:
     _close_quietly(ws)
 
@@ -332,11 +344,30 @@ class RelayPublisher:
     self._down_message = ""
     self._flaps = 0  # connections in a row that ended before the relay said anything
     self._connected_at = 0.0
+    self._lost_reason = ""  # why the previous connection ended, for the reconnect line
+    self._counts = collections.Counter()  # events, frames sent, outcomes, reconnects
+    self._notices = 0
+    self._auth_refusals = CappedLog(_LOG, "AUTH refusals", limit=5, level=logging.INFO)
     self._retry_queue: "queue.Queue" = queue.Queue()
     self._sender = threading.Thread(target=self._send_loop, name="relay-sender", daemon=True)
     self._retrier = threading.Thread(target=self._retry_loop, name="relay-retry", daemon=True)
     self._sender.start()
     self._retrier.start()
+    log_stage(_LOG, "RelayPublisher " + self.url, "ready", max_in_flight=self.max_in_flight,
+              ack_timeout_s=float(ack_timeout), attempts=self.max_attempts,
+              nip42=auth_signer is not None)
+
+  def stats(self) -> Dict[str, int]:
+    """Counts so far: events (distinct submitted), sent (frames, resends included),
+    accepted, duplicate, refused (permanent), failed (transient_exhausted), resent,
+    connections, reconnects, auth_refusals."""
+    with self._lock:
+      counts = dict(self._counts)
+    keys = ("events", "sent", "accepted", "duplicate", "refused", "failed", "resent",
+            "connections", "reconnects")
+    out = {k: counts.get(k, 0) for k in keys}
+    out["auth_refusals"] = self._auth_refusals.count
+    return out
 
   # -- public API ------------------------------------------------------------
 
@@ -367,6 +398,7 @@ class RelayPublisher:
         entry.tokens.append(token)
         return
       self._pending[event_id] = _Entry(event=event, frame=frame, tokens=[token])
+      self._counts["events"] += 1
       self._ready.append(event_id)
       self._cond.notify_all()
 
@@ -409,6 +441,7 @@ class RelayPublisher:
     self._retry_queue.put(None)
     _close_quietly(ws)
     self._sender.join(2.0)
+    log_stage(_LOG, "RelayPublisher " + self.url, "done", **self.stats())
 
   def __enter__(self) -> "RelayPublisher":
     return self
@@ -426,9 +459,12 @@ class RelayPublisher:
       self._results.append(PublishResult(
           token=token, event_id=event_id, relay=self.url, accepted=accepted, outcome=outcome,
           message=message, attempts=entry.attempts))
+    self._counts[{OUTCOME_ACCEPTED: "accepted", OUTCOME_DUPLICATE: "duplicate",
+                  OUTCOME_PERMANENT: "refused"}.get(outcome, "failed")] += 1
     if outcome in (OUTCOME_PERMANENT, OUTCOME_TRANSIENT_EXHAUSTED):
-      _LOG.info("event %s on %s: %s after %d attempts", event_id, self.url, outcome,
-                entry.attempts)
+      # Per event: the publishing DoFn, which knows the vine, reports failures.
+      _LOG.debug("event %s on %s: %s after %d attempts: %.200s", event_id, self.url, outcome,
+                 entry.attempts, message)
     self._cond.notify_all()
 
   def _retry_locked(self, event_id: str, message: str, delay: bool) -> None:
@@ -440,6 +476,7 @@ class RelayPublisher:
     if entry.attempts >= self.max_attempts:
       self._finish_locked(event_id, False, OUTCOME_TRANSIENT_EXHAUSTED, message)
       return
+    self._counts["resent"] += 1
     if delay:
       entry.state = _SCHEDULED
       wait = backoff_delay(entry.attempts, self.backoff_base, self.backoff_cap)
@@ -540,6 +577,7 @@ class RelayPublisher:
       entry.attempts += 1
       entry.sent_at = now
       frames.append(entry.frame)
+      self._counts["sent"] += 1
     return frames, self._ws, self._gen
 
   def _next_wait_locked(self) -> float:
@@ -572,14 +610,20 @@ class RelayPublisher:
       self._retry_locked(event_id, "no answer within %.1f s" % self.ack_timeout, delay=False)
     # A connection that has been silent the whole time is probably dead.
     if self._ws is not None and now - self._last_recv >= self.ack_timeout:
-      self._drop_connection_locked()
+      self._drop_connection_locked("silent for %.1f s" % (now - self._last_recv))
 
-  def _drop_connection_locked(self) -> None:
+  def _drop_connection_locked(self, reason: str, level: int = logging.WARNING) -> None:
     """Abandons the connection (closed in the background); the sender reconnects."""
     ws, self._ws = self._ws, None
-    self._reset_connection_locked()
+    self._log_lost_locked(reason, self._reset_connection_locked(), level)
     self._cond.notify_all()
     threading.Thread(target=_close_quietly, args=(ws,), daemon=True).start()
+
+  def _log_lost_locked(self, reason: str, unanswered: int, level: int = logging.WARNING) -> None:
+    """The one line per lost connection: relay, connection number, reason, events to resend."""
+    self._lost_reason = reason
+    _LOG.log(level, "relay %s: connection %d lost (%s); reconnecting, %d unanswered events "
+             "will be resent", self.url, self._gen, reason, unanswered)
 
   # -- connection ------------------------------------------------------------
 
@@ -602,8 +646,16 @@ class RelayPublisher:
       self._last_recv = self._clock()
       self._connected_at = self._last_recv
       gen = self._gen
+      self._counts["connections"] += 1
+      if gen > 1:
+        self._counts["reconnects"] += 1
+      self._notices = 0
       self._cond.notify_all()
-    _LOG.debug("connected to %s (connection %d)", self.url, gen)
+    if gen > 1:
+      _LOG.info("relay %s: reconnected (connection %d; the previous one: %s)", self.url, gen,
+                self._lost_reason or "closed")
+    else:
+      _LOG.debug("connected to %s (connection %d)", self.url, gen)
     threading.Thread(target=self._read_loop, args=(ws, gen), name="relay-reader",
                      daemon=True).start()
 
@@ -642,15 +694,17 @@ class RelayPublisher:
     self._ready.extend(self._priority)
     self._priority.clear()
 
-  def _reset_connection_locked(self) -> None:
-    """Forgets per-connection state; unanswered events go back to the ready queue."""
+  def _reset_connection_locked(self) -> int:
+    """Forgets per-connection state; unanswered events go back to the ready queue.
+
+    Returns:
+      How many events were unanswered (to be resent).
+    """
     self._clear_auth_state_locked()
     unanswered = [i for i, e in self._pending.items() if e.state in (_SENT, _AUTH_WAIT)]
     for event_id in unanswered:
       self._retry_locked(event_id, "connection lost", delay=False)
-    if unanswered:
-      _LOG.info("connection to %s lost with %d events unanswered; resending after reconnect",
-                self.url, len(unanswered))
+    return len(unanswered)
 
   def _connection_lost(self, gen: int, reason: str) -> None:
     with self._cond:
@@ -659,8 +713,7 @@ class RelayPublisher:
       ws, self._ws = self._ws, None
       if self._last_recv <= self._connected_at:
         self._flaps = min(self._flaps + 1, 10)
-      _LOG.info("connection %d to %s ended: %s", gen, self.url, reason)
-      self._reset_connection_locked()
+      self._log_lost_locked(reason, self._reset_connection_locked())
       self._cond.notify_all()
     _close_quietly(ws)
 
@@ -693,7 +746,9 @@ class RelayPublisher:
             self._probed = False
             self._cond.notify_all()
         elif msg[0] == "NOTICE":
-          _LOG.info("NOTICE from %s: %.200s", self.url, msg[1] if len(msg) > 1 else "")
+          self._notices += 1
+          level = logging.INFO if self._notices <= _NOTICES_LOGGED else logging.DEBUG
+          _LOG.log(level, "NOTICE from %s: %.200s", self.url, msg[1] if len(msg) > 1 else "")
 
   def _on_ok_locked(self, msg: list, gen: int) -> None:
     event_id, accepted = msg[1], msg[2]
@@ -815,8 +870,7 @@ class RelayPublisher:
     if self._probed:
       # Resending an event brought none: a new connection may (many relays send one
       # on connect). The waiting events go back to the ready queue.
-      _LOG.info("no fresh AUTH challenge from %s; reconnecting", self.url)
-      self._drop_connection_locked()
+      self._drop_connection_locked("no fresh AUTH challenge", level=logging.INFO)
       return
     if not self._count_auth_retry_locked(pubkey, "no fresh AUTH challenge"):
       return
@@ -841,7 +895,7 @@ class RelayPublisher:
       for key in ([pubkey] if self._unlocks_all is False else list(self._auth_waiting)):
         self._release_auth_waiting_locked(key)
       return
-    _LOG.info("AUTH as %s refused by %s: %.200s", pubkey, self.url, message)
+    self._auth_refusals.log("AUTH as %s refused by %s: %.200s", pubkey, self.url, message)
     if _prefix(message) in _TRANSIENT_PREFIXES:  # rate-limited: back off, then the newest
       self._auth_transient_locked(pubkey, message, backoff=True)
     elif "challenge" in message.lower():

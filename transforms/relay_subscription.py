@@ -66,10 +66,12 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms import accounting
+from transforms.concurrency import log_stage
 from transforms.records import VIDEO_KIND, migrated_uid
 from transforms.relay_client import backoff_delay, decode_message, validate_relay_url
 
 _LOG = logging.getLogger(__name__)
+_NOTICES_LOGGED = 5  # NOTICEs per connection logged at INFO (then DEBUG)
 
 OWN_EVENTS_IGNORED = "own_events_ignored"
 STREAM_EVENTS_READ = "stream_events_read"
@@ -147,6 +149,7 @@ class RelaySubscriptionClient:
     self.received = 0
     self.duplicates = 0
     self.reconnects = 0
+    self._notices = 0
     self._connections = 0
     self._failures = 0
     self._next_attempt = 0.0
@@ -270,6 +273,7 @@ class RelaySubscriptionClient:
     self._sub_since = since
     flt = dict(self._filter)
     flt["since"] = since
+    self._notices = 0
     if self._send(["REQ", self._sub_id, flt]):
       _LOG.info("subscribed to %s since %d (connection %d)", self.url, since, self._connections)
 
@@ -292,8 +296,9 @@ class RelaySubscriptionClient:
     delay = self._backoff_cap if permanent else backoff_delay(
         self._failures, self._backoff_base, self._backoff_cap)
     self._next_attempt = self._monotonic() + delay
-    _LOG.info("relay %s: %s; resubscribing since %d in %.2f s", self.url, reason,
-              self.resume_since(), delay)
+    # One line per lost connection (or failed attempt), with the reason.
+    _LOG.warning("relay %s: %s; resubscribing since %d in %.2f s", self.url, reason,
+                 self.resume_since(), delay)
 
   # -- messages --------------------------------------------------------------
 
@@ -321,7 +326,9 @@ class RelaySubscriptionClient:
       self._disconnect("subscription closed: %.100s" % reason,
                        permanent=head not in _TRANSIENT_CLOSED)
     elif kind == "NOTICE":
-      _LOG.info("NOTICE from %s: %.200s", self.url, sub)
+      self._notices += 1
+      level = logging.INFO if self._notices <= _NOTICES_LOGGED else logging.DEBUG
+      _LOG.log(level, "NOTICE from %s: %.200s", self.url, sub)
     return None
 
   def _request_page(self, until: Optional[int]) -> None:
@@ -452,11 +459,19 @@ class ReadRelaySubscriptionFn(beam.DoFn):
 
   def setup(self) -> None:
     self._clients = {}
+    self._read = collections.Counter()  # events emitted per relay by this instance
+    self._reconnects = collections.Counter()
+    log_stage(_LOG, "ReadRelaySubscription", "ready", kinds=self._kinds,
+              overlap_s=self._overlap, bundle_s=float(self._max_seconds),
+              bundle_events=self._max_events)
 
   def teardown(self) -> None:
     for client, _ in self._clients.values():
       client.close()
     self._clients = {}
+    per_relay = ", ".join("%s %d" % (url, n) for url, n in sorted(self._read.items()))
+    log_stage(_LOG, "ReadRelaySubscription", "done", events=sum(self._read.values()),
+              reconnects=sum(self._reconnects.values()), per_relay=per_relay or "none")
 
   def _client_for(self, url: str, since: int, start: int) -> RelaySubscriptionClient:
     key = (url, since)
@@ -523,8 +538,10 @@ class ReadRelaySubscriptionFn(beam.DoFn):
       yield TimestampedValue(event, arrival)
     if emitted:
       accounting.inc(STREAM_EVENTS_READ, emitted)
+      self._read[url] += emitted
     if client.reconnects > reconnects:
       accounting.inc(STREAM_RECONNECTS, client.reconnects - reconnects)
+      self._reconnects[url] += client.reconnects - reconnects
     self._clients[(url, since)] = (client, position + 1 if position is not None else start)
     self._advance_watermark(watermark_estimator, Timestamp.now())
     tracker.defer_remainder(Duration(self._resume_delay) if idle else None)
