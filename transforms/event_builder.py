@@ -30,7 +30,7 @@ DEFAULT_DIM = "480x480"
 DEFAULT_DURATION = "6"
 _ELLIPSIS = "\u2026"
 # Tags that identify the video's place and must survive republishing unchanged.
-_PLACEHOLDER_TITLES = ("rescued vine video", "untitled", "")
+PLACEHOLDER_TITLES = ("rescued vine video", "untitled", "")
 
 
 _C0 = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
@@ -60,7 +60,7 @@ def video_title(item: WorkItem) -> Optional[str]:
   old_title = first_tag_value(item.source.event["tags"], "title")
   description = (item.row.description if item.row else None) or ""
   description = " ".join(description.split())
-  if old_title and old_title.strip().lower() not in _PLACEHOLDER_TITLES:
+  if old_title and old_title.strip().lower() not in PLACEHOLDER_TITLES:
     return old_title
   if description:
     return description[:MAX_TITLE_CHARS]

@@ -17,7 +17,7 @@ import re
 from typing import Any, Dict, List, Optional
 
 from transforms.event_builder import CLIENT_NAME, DEFAULT_DIM, MAX_CONTENT_BYTES, \
-  MAX_HASHTAGS, add_tag, clean_text, fit_event_size, imeta_field, trim_utf8, video_title
+  MAX_HASHTAGS, PLACEHOLDER_TITLES, add_tag, clean_text, fit_event_size, imeta_field, trim_utf8, video_title
 from transforms.nostr_event import first_tag_value
 from transforms.records import MIGRATION_NAME, MIGRATION_TAG, OPENVINE_MEDIA_URL, \
   SHORT_VIDEO_KIND, WorkItem, usable_openvine_id
@@ -50,12 +50,15 @@ def _dim(old_tags: List[List[str]]) -> str:
 
 
 def short_video_title(item: WorkItem) -> str:
-  """Never empty: the 32222 title rules, else "Vine by <username>", else "Vine <id>"."""
+  """Never empty: a real old title, else the caption, else "Vine by <username>", else
+  the old placeholder title ("Untitled", ...), else "Vine <vine id>"."""
   title = video_title(item)
-  if title and title.strip():
+  if title and title.strip().lower() not in PLACEHOLDER_TITLES:
     return title
   username = item.row.username if item.row and item.row.username else None
-  return ("Vine by %s" % username) if username and username.strip() else "Vine %s" % item.vine_id
+  if username and username.strip():
+    return "Vine by %s" % username
+  return title if title and title.strip() else "Vine %s" % item.vine_id
 
 
 def _imeta(item: WorkItem, urls: Dict[str, Any], old_tags: List[List[str]],
