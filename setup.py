@@ -20,6 +20,7 @@ setuptools.setup(
         "coincurve>=20.0",
         "aiohttp>=3.9",
         "cryptography>=42.0",
+        "rich==15.0.0",
     ],
     extras_require={
         "test": ["pytest>=8.0", "nostr-sdk==0.45.1", "ruff>=0.5"],

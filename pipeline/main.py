@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 import uuid
 from typing import Dict, List, Optional
 
@@ -21,9 +22,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
+from pipeline import progress
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
-from pipeline.options import ConfigError, MigrationOptions, validate
-from transforms import accounting
+from pipeline.options import MODE_REPLAY, ConfigError, MigrationOptions, validate
+from transforms import accounting, secret_values
 from transforms.concurrency import StopRun
 from transforms.sinks import run_output_dir
 
@@ -61,27 +63,55 @@ def read_counters(result) -> Dict[str, int]:
   return counters
 
 
-def format_summary(summary: Dict, counters: Dict[str, int], run_id: str, run_dir: str) -> str:
-  lines = ["", "=== vine-migration run %s ===" % run_id,
-           "vines in:        %d" % summary["vines_in"],
-           "published:       %d" % summary["published"]]
-  skipped = summary["skipped"]
-  lines.append("skipped:         %d  %s" % (sum(skipped.values()), json.dumps(skipped)))
-  dead = summary["dead_lettered"]
-  lines.append("dead-lettered:   %d  %s" % (sum(dead.values()), json.dumps(dead)))
-  lines.append("accounting:      %s (%d in = %d out)" % (
-      "OK" if summary["balanced"] else "DOES NOT ADD UP", summary["vines_in"],
-      summary["accounted"]))
-  info = {k: v for k, v in sorted(counters.items())
-          if not k.startswith((accounting.SKIPPED_PREFIX, accounting.DEAD_LETTER_PREFIX))}
-  lines.append("counters:        %s" % json.dumps(info))
-  lines.append("outputs:         %s" % run_dir)
-  return "\n".join(lines)
+def is_local_runner(options: PipelineOptions) -> bool:
+  """Whether the runner works in this process's machine (its counters can be watched live)."""
+  runner = options.view_as(StandardOptions).runner
+  name = runner if isinstance(runner, str) else type(runner).__name__ if runner else ""
+  return not name or name in progress.LOCAL_RUNNERS
+
+
+def local_workers(options: PipelineOptions, workers: int) -> int:
+  """Worker processes of a local run: 1 for the in-process runner (its counts are ours).
+
+  multi_processing mode runs every bundle in child processes, even with one worker.
+  """
+  direct = options.view_as(DirectOptions)
+  if direct.direct_running_mode == "multi_processing":
+    return max(2, workers, direct.direct_num_workers or 1)
+  return 1
+
+
+def output_files(run_dir: str) -> List[str]:
+  """Names of the files in the run directory (local or remote), summary.json included."""
+  names = {"summary.json"}
+  try:
+    for match in FileSystems.match([FileSystems.join(run_dir, "*")])[0].metadata_list:
+      names.add(match.path.rstrip("/").rsplit("/", 1)[-1])
+  except Exception:  # pylint: disable=broad-except
+    _LOG.warning("could not list %s", run_dir)
+  return sorted(names)
+
+
+def run_facts(argv: List[str], opts: MigrationOptions, started: float, finished: float,
+              published: int, files: List[str]) -> Dict:
+  """What summary.json says about the run itself (pipeline/report.py reads these keys)."""
+  seconds = max(0.0, finished - started)
+  return {
+      "argv": [secret_values.redact(str(a)) for a in argv],
+      "started_at": progress.utc_iso(started),
+      "finished_at": progress.utc_iso(finished),
+      "seconds": round(seconds, 3),
+      "events_per_second": round(published / seconds, 2) if seconds > 0 else 0.0,
+      "event_kind": opts.event_kind,
+      "output_files": files,
+  }
 
 
 def run(argv: Optional[List[str]] = None) -> int:
   """Runs one migration; returns the process exit code."""
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  argv = list(sys.argv[1:] if argv is None else argv)
+  started = time.time()
   options = PipelineOptions(argv)
   opts = options.view_as(MigrationOptions)
   try:
@@ -100,13 +130,20 @@ def run(argv: Optional[List[str]] = None) -> int:
   _LOG.info("run %s: outputs under %s", run_id, run_dir)
 
   accounting.reset_deferred()  # nothing left over from an earlier run in this process
+  accounting.reset_live()
   pipeline = beam.Pipeline(options=options)
   outputs = build_graph(pipeline, opts, run_id)
   streaming = options.view_as(StandardOptions).streaming
   if not streaming:  # local files are written once, at the end of a bounded run
     attach_local_sinks(outputs, run_dir)
   attach_bigquery_sinks(outputs, opts, run_dir, streaming=streaming)
+  display = progress.for_run(no_progress=opts.no_progress, streaming=streaming,
+                             workers=local_workers(options, opts.workers),
+                             local=is_local_runner(options), replay=opts.mode == MODE_REPLAY)
+  finished_ok = False
   try:
+    if display is not None:
+      display.start()
     result = pipeline.run()
     if streaming:
       print("streaming job started (run %s); counters are on the runner's monitoring page"
@@ -114,18 +151,30 @@ def run(argv: Optional[List[str]] = None) -> int:
       result.wait_until_finish()
       return 0
     result.wait_until_finish()
+    finished_ok = True
   except Exception as exc:  # pylint: disable=broad-except
     stop = _find_stop(exc)
     if stop is not None:
+      if display is not None:
+        display.stop(ok=False)
+        display = None
       print("run stopped: %s" % stop, file=sys.stderr)
       return 1
     raise
+  finally:
+    if display is not None:
+      display.stop(ok=finished_ok)
+  finished = time.time()
   counters = read_counters(result)
   summary = accounting.summarise(counters)
   summary.update({"run_id": run_id, "counters": counters})
+  summary.update(run_facts(argv, opts, started, finished, summary["published"],
+                           output_files(run_dir)))
   with FileSystems.create(FileSystems.join(run_dir, "summary.json")) as f:
     f.write(json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
-  print(format_summary(summary, counters, run_id, run_dir))
+  tables = [(what, name) for what, name in (("dead letters", opts.dead_letter_table),
+                                            ("results", opts.results_table)) if name]
+  progress.print_summary(summary, run_dir, tables)
   return 0 if summary["balanced"] else 1
 
 

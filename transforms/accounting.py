@@ -3,6 +3,10 @@
 Every item is counted `vines_in` once where it is born (a bad input read, an event
 without a vine id, one join output) and once at its terminal outcome. Counters are
 Beam metrics, so the same numbers show on Dataflow.
+
+Every increment also adds to a process-local live tally (`live_counts()`): the local
+runner reports Beam counters only when the run ends, and the progress display
+(`pipeline/progress.py`) reads the tally while it runs.
 """
 
 import collections
@@ -18,6 +22,10 @@ VINES_IN = "vines_in"
 PUBLISHED = "published"
 SKIPPED_PREFIX = "skipped_"
 DEAD_LETTER_PREFIX = "dead_letters_"
+# Dead letters per error class; informational (the stage counters do the accounting).
+# Not a DEAD_LETTER_PREFIX name ("dead_letter_c..." against "dead_letters_"), so never
+# counted twice by summarise().
+DEAD_LETTER_CLASS_PREFIX = "dead_letter_class_"
 
 # Informational counters of the seed's checkpoint stats and the stages.
 EVENTS_CHECKED = "events_checked"
@@ -34,6 +42,9 @@ _counters: Dict[str, object] = {}
 # container and would be dropped; they wait here until a Beam thread flushes them.
 _deferred: "collections.Counter[str]" = collections.Counter()
 _deferred_lock = threading.Lock()
+# Every increment of this process, from any thread, as it happens (the progress display).
+_live: "collections.Counter[str]" = collections.Counter()
+_live_lock = threading.Lock()
 
 
 def _counter(name: str):
@@ -44,6 +55,13 @@ def _counter(name: str):
 
 
 def inc(name: str, n: int = 1) -> None:
+  """Adds n to a Beam counter and to the live tally.
+
+  Off a Beam thread the Beam increment is deferred until a Beam thread flushes it;
+  the live tally counts it at once.
+  """
+  with _live_lock:
+    _live[name] += n
   if MetricsEnvironment.current_container() is None:
     with _deferred_lock:
       _deferred[name] += n
@@ -66,6 +84,18 @@ def reset_deferred() -> None:
   """Drops increments left unflushed by an earlier run in this process (one that stopped)."""
   with _deferred_lock:
     _deferred.clear()
+
+
+def live_counts() -> Dict[str, int]:
+  """A snapshot of every increment this process made since `reset_live()`."""
+  with _live_lock:
+    return dict(_live)
+
+
+def reset_live() -> None:
+  """Starts the live tally from zero (at the start of a run)."""
+  with _live_lock:
+    _live.clear()
 
 
 _fractions: Dict[str, float] = {}
@@ -97,24 +127,35 @@ def dead_lettered(stage: str) -> None:
   inc(DEAD_LETTER_PREFIX + stage)
 
 
+def dead_letter_class(error_class: str) -> None:
+  inc(DEAD_LETTER_CLASS_PREFIX + error_class)
+
+
 def published() -> None:
   inc(PUBLISHED)
 
 
 def summarise(counters: Mapping[str, int]) -> Dict[str, object]:
-  """Builds the accounting from counter values; `balanced` says whether it adds up."""
+  """Builds the accounting from counter values; `balanced` says whether it adds up.
+
+  `dead_letter_classes` (dead letters per error class) is informational: the same dead
+  letters as `dead_lettered`, counted by class instead of stage.
+  """
   vines_in = int(counters.get(VINES_IN, 0))
   published_n = int(counters.get(PUBLISHED, 0))
   skipped_by = {k[len(SKIPPED_PREFIX):]: int(v) for k, v in counters.items()
                 if k.startswith(SKIPPED_PREFIX) and v}
   dead_by = {k[len(DEAD_LETTER_PREFIX):]: int(v) for k, v in counters.items()
              if k.startswith(DEAD_LETTER_PREFIX) and v}
+  classes = {k[len(DEAD_LETTER_CLASS_PREFIX):]: int(v) for k, v in counters.items()
+             if k.startswith(DEAD_LETTER_CLASS_PREFIX) and v}
   out = published_n + sum(skipped_by.values()) + sum(dead_by.values())
   return {
       "vines_in": vines_in,
       "published": published_n,
       "skipped": dict(sorted(skipped_by.items())),
       "dead_lettered": dict(sorted(dead_by.items())),
+      "dead_letter_classes": dict(sorted(classes.items())),
       "accounted": out,
       "balanced": vines_in == out,
   }

@@ -1,4 +1,8 @@
-"""Dead letters: one row shape for every stage, built by one pure function.
+"""Dead letters: one row shape for every stage, built by one function.
+
+Building a dead letter also counts it by error class (`dead_letter_class_<class>`):
+every dead letter is made here, so the class counts cannot miss a path. The stage
+counters (`accounting.dead_lettered`) stay with the callers, which own the accounting.
 
 A dead letter holds what a replay needs (the payload) and never a secret: payloads
 are built from WorkItem.to_payload() or from the raw public input, and every error
@@ -11,7 +15,7 @@ import json
 import re
 from typing import Any, Dict, Optional
 
-from transforms import secret_values
+from transforms import accounting, secret_values
 
 # Tag names of the outputs every risky DoFn may emit besides its main output.
 DEAD_LETTER = "dead_letter"
@@ -92,11 +96,15 @@ def make_dead_letter(run_id: str,
                      last_failure: Optional[str] = None,
                      payload: Optional[Dict[str, Any]] = None,
                      replay_of: Optional[str] = None) -> Dict[str, Any]:
-  """The one dead-letter row shape. `payload` must be public data (never a key)."""
+  """The one dead-letter row shape. `payload` must be public data (never a key).
+
+  Counts `dead_letter_class_<error_class>` once per row: call it once per dead letter.
+  """
   if stage not in STAGES:
     raise ValueError("unknown stage %r" % stage)
   if error_class not in ERROR_CLASSES:
     raise ValueError("unknown error class %r" % error_class)
+  accounting.dead_letter_class(error_class)
   now = utc_now_iso()
   return {
       "run_id": run_id,
