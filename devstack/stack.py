@@ -144,9 +144,9 @@ class LocalStack:
             "--output-dir", output_dir or os.path.join(self.work_dir, "out"),
             ] + list(extra or [])
 
-  def relay_events(self, index: int = 0) -> List[dict]:
-    """Every kind 32222 event the relay holds now."""
-    return list(fetch_events(self.relay_urls[index], {"kinds": [32222]}))
+  def relay_events(self, index: int = 0, kind: int = 32222) -> List[dict]:
+    """Every event of `kind` (default 32222) the relay holds now."""
+    return list(fetch_events(self.relay_urls[index], {"kinds": [kind]}))
 
 
 def check_relay_state(events: List[dict]) -> Dict[str, int]:
@@ -181,6 +181,11 @@ def main(argv=None) -> int:
     code = pipeline_main.run(stack.pipeline_args(extra=pipeline_extra))
     state = check_relay_state(stack.relay_events())
     print("relay state:     %s" % json.dumps(state))
+    videos = check_relay_state(stack.relay_events(kind=34236))
+    if videos["events"]:
+      print("relay 34236:     %s" % json.dumps(videos))
+      state["invalid"] += videos["invalid"]
+      state["duplicated_addresses"] += videos["duplicated_addresses"]
     print("emulator:        %d migrate calls, %d migrations"
           % (stack.emulator.stats()["migrate_calls_total"], stack.emulator.stats()["migrations"]))
     print("planted failures: %s" % json.dumps(stack.manifest.get("planted", {}),

@@ -16,7 +16,7 @@ collection each; `attach_local_sinks` writes them under the run's output dir.
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
@@ -33,7 +33,8 @@ from transforms.join import JoinOnVineId
 from transforms.migrate import MigrateVideoFn
 from transforms.migration_api import RetryPolicy
 from transforms.publish import PublishEventsFn
-from transforms.relay_source import ReadRelayEvents
+from transforms.records import KIND_32222, SHORT_VIDEO_KIND, VIDEO_KIND
+from transforms.relay_source import VIDEOS, ReadRelayEvents
 from transforms.row_lookup import LookupVineRowsFn
 from transforms.streaming import ReadStreamEvents
 from transforms.signing import BuildVideoEventFn, SignEventFn
@@ -54,6 +55,13 @@ class IOSet:
   row_lookup_factory: Optional[Callable[[], Any]] = None  # streaming metadata lookups
 
 
+def read_kinds(opts: MigrationOptions) -> Tuple[int, ...]:
+  """Kinds read from the relays: 32222 (the inputs), and 34236 when it is published."""
+  if opts.event_kind == KIND_32222:
+    return (VIDEO_KIND,)
+  return (VIDEO_KIND, SHORT_VIDEO_KIND)
+
+
 def _retry_policy(opts: MigrationOptions) -> RetryPolicy:
   return RetryPolicy(max_attempts=opts.retry_attempts, base_delay=opts.retry_base_delay,
                      max_delay=opts.retry_base_delay * 16, timeout=opts.api_timeout)
@@ -68,13 +76,13 @@ def build_graph(p: beam.Pipeline, opts: MigrationOptions, run_id: str,
     return _streaming(p, opts, run_id, io)
   events = p | "ReadRelayEvents" >> ReadRelayEvents(
       relays, run_id, page_size=opts.page_size, max_pages=1 if opts.test_mode else None,
-      raw_events=io.raw_events, events_file=opts.events_file)
+      raw_events=io.raw_events, events_file=opts.events_file, kinds=read_kinds(opts))
   if opts.mode == MODE_REPLAY:
     return _replay(p, opts, run_id, io, events)
   rows = p | "ReadVineRows" >> ReadVineRows(
       run_id, rows_path=opts.rows, project=os.environ.get("BIGQUERY_PROJECT_ID"),
       dataset=os.environ.get("BIGQUERY_DATASET_ID"), raw_rows=io.raw_rows)
-  joined = (rows["main"], events["main"]) | "JoinOnVineId" >> JoinOnVineId()
+  joined = (rows["main"], events["main"], events[VIDEOS]) | "JoinOnVineId" >> JoinOnVineId()
   return apply_stages({dl.STAGE_MIGRATE: joined["main"]}, opts, run_id,
                       dead=[rows[dl.DEAD_LETTER], events[dl.DEAD_LETTER]],
                       skipped=[events[dl.SKIPPED], joined[dl.SKIPPED]])
@@ -99,7 +107,7 @@ def _replay(p, opts, run_id, io, events) -> Dict[str, beam.PCollection]:
            | "ToReplayItems" >> beam.ParDo(replay.ToReplayItemFn(
                replay.parse_replay_filter(opts.replay_filter))).with_outputs(
                    dl.SKIPPED, main="main"))
-  entries = ({"replay": items.main, "events": events["main"]}
+  entries = ({"replay": items.main, "events": events["main"], "videos": events[VIDEOS]}
              | "JoinWithRelayState" >> beam.CoGroupByKey()
              | "RefreshFromRelays" >> beam.ParDo(replay.RefreshFromRelaysFn()).with_outputs(
                  *ENTRY_STAGES))
@@ -147,7 +155,8 @@ def apply_stages(entries: Dict[str, beam.PCollection], opts: MigrationOptions, r
               dl.DEAD_LETTER, main="main"))
   built = _enter("EnterAtBuild", hashed.main, entries, dl.STAGE_BUILD) | (
       "BuildVideoEvent" >> beam.ParDo(BuildVideoEventFn(
-          run_id, force_republish=opts.force_republish)).with_outputs(
+          run_id, force_republish=opts.force_republish,
+          event_kind=opts.event_kind)).with_outputs(
               dl.DEAD_LETTER, dl.SKIPPED, main="main"))
   signed = built.main | "SignEvent" >> beam.ParDo(SignEventFn(
       opts.keys_db, run_id, kek_spec=opts.kek)).with_outputs(dl.DEAD_LETTER, main="main")

@@ -16,13 +16,12 @@ from urllib.parse import urlsplit
 from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions, \
   StandardOptions, WorkerOptions
 
+from transforms.records import KIND_32222, KIND_34236, KIND_BOTH
+
 TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
 DEFAULT_CDN = "https://cdn.divine.video"
 MODE_MIGRATE = "migrate"
 MODE_REPLAY = "replay"
-KIND_32222 = "32222"
-KIND_34236 = "34236"
-KIND_BOTH = "both"
 
 
 class ConfigError(ValueError):

@@ -126,23 +126,35 @@ def item_from_dead_letter(dead: Dict[str, Any]) -> Tuple[str, WorkItem]:
       migration=payload.get("migration"),
       blurhash=payload.get("blurhash"),
       signed=payload.get("signed"),
+      video=(to_source_event(payload["video_event"])
+             if isinstance(payload.get("video_event"), dict) else None),
+      signed_video=payload.get("signed_video"),
       notes=notes + (REPLAY_NOTE + replay_pointer(dead),))
   return ENTRY_STAGE[stage], item
 
 
-def refresh(entry: str, item: WorkItem, current: Optional[SourceEvent]) -> Tuple[str, WorkItem]:
-  """Uses the relay's newer version of the event when there is one.
+def refresh(entry: str, item: WorkItem, current: Optional[SourceEvent],
+            current_video: Optional[SourceEvent] = None) -> Tuple[str, WorkItem]:
+  """Uses the relays' newer versions of the vine's events (32222, 34236) when there are.
 
   A newer version that already carries our migration tags means an earlier run or
   replay finished this vine: restart at migrate, which reuses the uid, so the item
   ends `up_to_date` unless something really changed.
   """
-  if current is None or newer(current.event, item.source.event) is item.source.event:
+  fresh = {}
+  if current is not None and newer(current.event, item.source.event) is not item.source.event:
+    fresh["source"] = current  # kept whole: it knows which relays lack it (missing_on)
+  if current_video is not None and (item.video is None or newer(
+      current_video.event, item.video.event) is not item.video.event):
+    fresh["video"] = current_video
+  if not fresh:
     return entry, item
-  source = current  # kept whole: it knows which relays still lack it (missing_on)
-  item = item.replace(source=source, signed=None, unsigned=None)
-  if source.migrated_uid:
+  item = item.replace(signed=None, unsigned=None, signed_video=None, unsigned_video=None,
+                      **fresh)
+  if any(source.migrated_uid for source in fresh.values()):
     return dl.STAGE_MIGRATE, item.replace(migration=None, blurhash=None)
+  if entry == dl.STAGE_PUBLISH:  # what was signed is outdated: build again
+    return dl.STAGE_BUILD, item
   return entry, item
 
 
@@ -188,11 +200,11 @@ class RefreshFromRelaysFn(beam.DoFn):
 
   def process(self, keyed) -> Iterator[Any]:
     _, grouped = keyed
-    current = {}
-    for source in grouped["events"]:
-      current[source.key] = source
+    current = {source.key: source for source in grouped["events"]}
+    videos = {source.key: source for source in grouped.get("videos") or ()}
     for entry, item in grouped["replay"]:
-      entry, item = refresh(entry, item, current.get(item.source.key))
+      entry, item = refresh(entry, item, current.get(item.source.key),
+                            videos.get(item.source.key))
       yield TaggedOutput(entry, item)
 
 

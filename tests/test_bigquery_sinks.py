@@ -122,7 +122,7 @@ def _results():
                     migration={"uid": "uid%d" % n, "hls": "https://cdn/h%d.m3u8" % n,
                                "mp4": "https://cdn/v%d.mp4" % n,
                                "thumbnail": "https://cdn/t%d.jpg" % n},
-                    newly_migrated=bool(n % 2), signed={"id": "new%d" % n},
+                    newly_migrated=bool(n % 2), signed={"id": "new%d" % n, "kind": 32222},
                     notes=("note%d" % n,))
   return [result_record(item("MYxVapFvz2z", 1), ["wss://b.example", "wss://a.example"], "run-1"),
           result_record(item("e192BnZnZ9V", 2), ["wss://a.example"], "run-1")]

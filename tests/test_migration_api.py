@@ -212,6 +212,8 @@ def test_normalise_urls_oct_2025_without_hls():
     "thumbnail": OCT_2025["thumbnailUrl"],
     "animated_thumbnail": OCT_2025["animatedThumbnailUrl"],
     "api_status": "hybrid_migration_completed",
+    "sha256": "ab" * 32,
+    "blossom": "https://blossom.example/abc",
   }
 
 
@@ -222,6 +224,7 @@ def test_normalise_urls_aug_2025_with_hls():
   assert urls["mp4"] == AUG_2025["mp4Url"]
   assert urls["thumbnail"] == AUG_2025["thumbnailUrl"]
   assert urls["api_status"] == "migrated"
+  assert urls["sha256"] is None and urls["blossom"] is None
 
 
 def test_normalise_urls_fallbacks_and_uid_check():
@@ -230,6 +233,8 @@ def test_normalise_urls_fallbacks_and_uid_check():
   assert urls["mp4"] == f"{CDN}/{UID}/downloads/default.mp4"
   assert urls["animated_thumbnail"] == f"{CDN}/{UID}/thumbnails/thumbnail.gif"
   assert urls["api_status"] is None
+  odd = m.normalise_urls({"uid": UID, "sha256": "AB" * 32, "blossomUrl": "javascript:x"}, CDN)
+  assert odd["sha256"] is None and odd["blossom"] is None
   for bad in ("../../etc", UID.upper(), UID[:-1], None):
     with pytest.raises(ValueError):
       m.normalise_urls({"uid": bad}, CDN)

@@ -52,6 +52,8 @@ RESULTS_FIELDS = (
     ("run_id", "STRING", "REQUIRED"),
     ("vine_id", "STRING", "REQUIRED"),
     ("event_id", "STRING", "REQUIRED"),
+    ("video_event_id", "STRING", "NULLABLE"),
+    ("kinds", "INTEGER", "REPEATED"),
     ("previous_event_id", "STRING", "NULLABLE"),
     ("pubkey", "STRING", "NULLABLE"),
     ("stream_uid", "STRING", "NULLABLE"),

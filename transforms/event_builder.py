@@ -30,7 +30,7 @@ DEFAULT_DIM = "480x480"
 DEFAULT_DURATION = "6"
 _ELLIPSIS = "\u2026"
 # Tags that identify the video's place and must survive republishing unchanged.
-_PLACEHOLDER_TITLES = ("rescued vine video", "untitled", "")
+PLACEHOLDER_TITLES = ("rescued vine video", "untitled", "")
 
 
 _C0 = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
@@ -55,18 +55,20 @@ def trim_utf8(value: str, max_bytes: int = MAX_TAG_BYTES) -> str:
   return cut + _ELLIPSIS
 
 
-def _title(item: WorkItem) -> Optional[str]:
+def video_title(item: WorkItem) -> Optional[str]:
+  """The old title unless it is a placeholder, else the caption's start, else the old title."""
   old_title = first_tag_value(item.source.event["tags"], "title")
   description = (item.row.description if item.row else None) or ""
   description = " ".join(description.split())
-  if old_title and old_title.strip().lower() not in _PLACEHOLDER_TITLES:
+  if old_title and old_title.strip().lower() not in PLACEHOLDER_TITLES:
     return old_title
   if description:
     return description[:MAX_TITLE_CHARS]
   return old_title or None
 
 
-def _imeta_field(tags: List[List[str]], name: str) -> Optional[str]:
+def imeta_field(tags: List[List[str]], name: str) -> Optional[str]:
+  """The value of the first `name <value>` entry of the first imeta tag that has one."""
   for tag in tags:
     if tag and tag[0] == "imeta":
       for entry in tag[1:]:
@@ -75,8 +77,8 @@ def _imeta_field(tags: List[List[str]], name: str) -> Optional[str]:
   return None
 
 
-def _add(tags: List[List[str]], name: str, *values: Any) -> None:
-  """Appends a tag unless one of its values is empty or None."""
+def add_tag(tags: List[List[str]], name: str, *values: Any) -> None:
+  """Appends a tag, cleaned and trimmed, unless one of its values is empty or None."""
   if any(v is None or (isinstance(v, str) and not v.strip()) for v in values):
     return
   tags.append([name] + [trim_utf8(clean_text(str(v))) for v in values])
@@ -104,35 +106,35 @@ def build_video_event(item: WorkItem, now: int) -> Dict[str, Any]:
   content = description if description is not None else old.get("content", "")
 
   tags: List[List[str]] = []
-  _add(tags, "d", d_value)
-  _add(tags, "title", _title(item))
-  _add(tags, "url", urls.get("hls"))
-  _add(tags, "streaming", urls.get("hls"), "hls")
-  _add(tags, "r", urls.get("mp4"), "download")
-  _add(tags, "thumb", urls.get("thumbnail"))
-  _add(tags, "preview", urls.get("animated_thumbnail"))
-  _add(tags, "vine_id", item.vine_id)
-  _add(tags, "stream_uid", uid)
+  add_tag(tags, "d", d_value)
+  add_tag(tags, "title", video_title(item))
+  add_tag(tags, "url", urls.get("hls"))
+  add_tag(tags, "streaming", urls.get("hls"), "hls")
+  add_tag(tags, "r", urls.get("mp4"), "download")
+  add_tag(tags, "thumb", urls.get("thumbnail"))
+  add_tag(tags, "preview", urls.get("animated_thumbnail"))
+  add_tag(tags, "vine_id", item.vine_id)
+  add_tag(tags, "stream_uid", uid)
   if row:
-    _add(tags, "published_at", row.created_timestamp)
-    _add(tags, "loops", row.loops)
-    _add(tags, "likes", row.likes)
-    _add(tags, "comments", row.comment_count)
-    _add(tags, "reposts", row.repost_count)
-    _add(tags, "username", row.username)
+    add_tag(tags, "published_at", row.created_timestamp)
+    add_tag(tags, "loops", row.loops)
+    add_tag(tags, "likes", row.likes)
+    add_tag(tags, "comments", row.comment_count)
+    add_tag(tags, "reposts", row.repost_count)
+    add_tag(tags, "username", row.username)
     for hashtag in row.hashtags[:MAX_HASHTAGS]:
-      _add(tags, "t", hashtag)
+      add_tag(tags, "t", hashtag)
   else:
     # Without BigQuery metadata keep what the old event said.
     for name in ("published_at", "loops", "likes", "comments", "reposts", "username"):
-      _add(tags, name, first_tag_value(old_tags, name))
+      add_tag(tags, name, first_tag_value(old_tags, name))
     for value in [tag[1] for tag in old_tags if len(tag) >= 2 and tag[0] == "t"][:MAX_HASHTAGS]:
-      _add(tags, "t", value)
-  _add(tags, "client", CLIENT_NAME)
-  _add(tags, MIGRATION_TAG, MIGRATION_NAME, uid)
+      add_tag(tags, "t", value)
+  add_tag(tags, "client", CLIENT_NAME)
+  add_tag(tags, MIGRATION_TAG, MIGRATION_NAME, uid)
 
-  dim = first_tag_value(old_tags, "dim") or _imeta_field(old_tags, "dim") or DEFAULT_DIM
-  duration = (first_tag_value(old_tags, "duration") or _imeta_field(old_tags, "duration")
+  dim = first_tag_value(old_tags, "dim") or imeta_field(old_tags, "dim") or DEFAULT_DIM
+  duration = (first_tag_value(old_tags, "duration") or imeta_field(old_tags, "duration")
               or DEFAULT_DURATION)
   # The OpenVine source stays in the event as a last imeta fallback: it is where the
   # video came from, and what --force-remigrate sends the API again.
@@ -205,8 +207,8 @@ def existing_urls(event: Dict[str, Any]) -> Dict[str, Optional[str]]:
   return {
       "hls": hls,
       "dash": dash,
-      "mp4": mp4 or _imeta_field(tags, "url"),
-      "thumbnail": first_tag_value(tags, "thumb") or _imeta_field(tags, "image"),
+      "mp4": mp4 or imeta_field(tags, "url"),
+      "thumbnail": first_tag_value(tags, "thumb") or imeta_field(tags, "image"),
       "animated_thumbnail": first_tag_value(tags, "preview"),
-      "blurhash": _imeta_field(tags, "blurhash"),
+      "blurhash": imeta_field(tags, "blurhash"),
   }

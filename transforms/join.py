@@ -2,7 +2,8 @@
 
 Input: (vine_id, VineRow) and (vine_id, SourceEvent). Output: one WorkItem per event
 (several authors claiming one vine id: each under its own key), with the row when
-there is one (else `metadata_missing`); a vine with rows but no event is skipped
+there is one (else `metadata_missing`) and the author's kind 34236 event at the same
+`d` when there is one (`videos`, read with --event-kind 34236|both); a vine with rows but no event is skipped
 (`no_event`). Every output is one unit of the accounting (`vines_in`).
 
 One author can hold several addresses for one vine (an event without `d` that names
@@ -24,6 +25,7 @@ from transforms.records import SKIP_NO_EVENT, WorkItem, newer, usable_openvine_i
 
 ROWS = "rows"
 EVENTS = "events"
+VIDEOS = "videos"
 
 
 DUPLICATE_EVENTS = "duplicate_events"
@@ -70,10 +72,12 @@ def classify_group(vine_id: str, grouped: Dict[str, Any]) -> Iterator[Any]:
   if len(rows) > 1:
     accounting.inc("duplicate_rows", len(rows) - 1)
   row = min(rows, key=lambda r: repr(r)) if rows else None
+  videos = {video.key: video for video in grouped.get(VIDEOS) or ()}
   for source in events:
     accounting.born()
     item = WorkItem(vine_id=vine_id, source=source, row=row,
-                    openvine_id=pick_openvine_id(source.openvine_ids))
+                    openvine_id=pick_openvine_id(source.openvine_ids),
+                    video=videos.get(source.key))
     if row is None:
       accounting.inc(accounting.METADATA_MISSING)
       item = item.with_note(accounting.METADATA_MISSING)
@@ -88,11 +92,11 @@ class _ClassifyJoinFn(beam.DoFn):
 
 
 class JoinOnVineId(beam.PTransform):
-  """(rows, events) -> {main: WorkItem, skipped}."""
+  """(rows, events[, videos]) -> {main: WorkItem, skipped}."""
 
   def expand(self, inputs):
-    rows, events = inputs
-    joined = ({ROWS: rows, EVENTS: events}
+    grouped = dict(zip((ROWS, EVENTS, VIDEOS), inputs))
+    joined = (grouped
               | "CoGroupByVineId" >> beam.CoGroupByKey()
               | "ClassifyJoined" >> beam.ParDo(_ClassifyJoinFn()).with_outputs(
                   dl.SKIPPED, main="main"))

@@ -1,7 +1,7 @@
 """MigrateVideo: copy each vine's video into Cloudflare Stream through the migration API.
 
-Input and main output: WorkItem. An item that already carries this migration's tags
-reuses its Stream uid (no call) unless force_remigrate. Otherwise one
+Input and main output: WorkItem. An item whose 32222 or 34236 event already carries this
+migration's tags reuses its Stream uid (no call) unless force_remigrate. Otherwise one
 `POST /v1/openvine/migrate` with the seed's retry policy, many in flight (AsyncDoFn).
 Permanent failures and exhausted retries are dead letters; a refused token stops
 the run (StopRun). Counters: `migrate_calls` (requests sent, retries included),
@@ -9,7 +9,7 @@ the run (StopRun). Counters: `migrate_calls` (requests sent, retries included),
 """
 
 import logging
-from typing import Any, List
+from typing import Any, List, Optional
 
 from apache_beam.pvalue import TaggedOutput
 
@@ -20,6 +20,7 @@ from transforms.concurrency import AsyncDoFn, StopRun
 from transforms.event_builder import existing_urls
 from transforms.migration_api import MigrationClient, RetryPolicy, sanitise_error, \
   validate_openvine_id
+from transforms.nip71_event import short_video_urls
 from transforms.records import SKIP_NO_OPENVINE_ID, STREAM_UID_RE, WorkItem, usable_openvine_id
 
 _LOG = logging.getLogger(__name__)
@@ -36,22 +37,37 @@ def monitor_migrated(item: WorkItem) -> str:
                                    urls.get("mp4") or "")
 
 
+def marked_uid(item: WorkItem) -> Optional[str]:
+  """The Stream uid this migration already gave the vine: on its 32222 or its 34236 event."""
+  if item.source.migrated_uid:
+    return item.source.migrated_uid
+  return item.video.migrated_uid if item.video is not None else None
+
+
 def reuse_migration(item: WorkItem, cdn_base: str) -> WorkItem:
-  """URLs for an already-migrated event: its own tags, else the CDN templates."""
-  uid = item.source.migrated_uid
-  have = existing_urls(item.source.event)
+  """URLs for an already-migrated vine: its events' own tags, else the CDN templates."""
+  uid = marked_uid(item)
+  have = existing_urls(item.source.event) if item.source.migrated_uid == uid else {}
+  video = (short_video_urls(item.video.event)
+           if item.video is not None and item.video.migrated_uid == uid else {})
   base = cdn_base.rstrip("/")
+
+  def pick(key: str, template: Optional[str]) -> Optional[str]:
+    return have.get(key) or video.get(key) or template
+
   urls = {
       "uid": uid,
-      "hls": have["hls"] or "%s/%s/manifest/video.m3u8" % (base, uid),
-      "dash": have["dash"] or "%s/%s/manifest/video.mpd" % (base, uid),
-      "mp4": have["mp4"] or "%s/%s/downloads/default.mp4" % (base, uid),
-      "thumbnail": have["thumbnail"] or "%s/%s/thumbnails/thumbnail.jpg" % (base, uid),
-      "animated_thumbnail": (have["animated_thumbnail"]
-                             or "%s/%s/thumbnails/thumbnail.gif" % (base, uid)),
+      "hls": pick("hls", "%s/%s/manifest/video.m3u8" % (base, uid)),
+      "dash": pick("dash", "%s/%s/manifest/video.mpd" % (base, uid)),
+      "mp4": pick("mp4", "%s/%s/downloads/default.mp4" % (base, uid)),
+      "thumbnail": pick("thumbnail", "%s/%s/thumbnails/thumbnail.jpg" % (base, uid)),
+      "animated_thumbnail": pick("animated_thumbnail",
+                                 "%s/%s/thumbnails/thumbnail.gif" % (base, uid)),
+      "sha256": pick("sha256", None),
+      "blossom": pick("blossom", None),
       "api_status": "reused",
   }
-  return item.replace(migration=urls, blurhash=item.blurhash or have["blurhash"])
+  return item.replace(migration=urls, blurhash=item.blurhash or pick("blurhash", None))
 
 
 class MigrateVideoFn(AsyncDoFn):
@@ -92,7 +108,7 @@ class MigrateVideoFn(AsyncDoFn):
         self._run_id, dl.STAGE_MIGRATE, error_class, error, item, **kwargs))]
 
   async def handle(self, item: WorkItem) -> List[Any]:
-    if item.source.migrated_uid and not self._force:
+    if marked_uid(item) and not self._force:
       accounting.inc(accounting.VIDEOS_ALREADY_MIGRATED)
       accounting.inc(MIGRATIONS_REUSED)
       return [reuse_migration(item, self._cdn_base)]

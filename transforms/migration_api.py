@@ -46,6 +46,7 @@ _CHUNK_BYTES = 64 * 1024
 _MAX_REASON_CHARS = 300
 
 _UID = re.compile(r"[0-9a-f]{32}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _OPENVINE_STRICT = re.compile(r"[0-9]{13}-[0-9a-f]{8}")
 # No leading dot and no "..": the server places the id in https://api.openvine.co/media/{id}.
 _OPENVINE_PERMISSIVE = re.compile(r"(?!.*\.\.)[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
@@ -325,7 +326,8 @@ def normalise_urls(data: Dict[str, Any], cdn_base: str) -> Dict[str, Optional[st
     cdn_base: CDN origin, e.g. "https://cdn.divine.video".
 
   Returns:
-    {"uid", "hls", "dash", "mp4", "thumbnail", "animated_thumbnail", "api_status"}.
+    {"uid", "hls", "dash", "mp4", "thumbnail", "animated_thumbnail", "api_status",
+    "sha256", "blossom"} (the last two None when not returned).
 
   Raises:
     ValueError: If `uid` is not 32 lowercase hex characters.
@@ -346,6 +348,10 @@ def normalise_urls(data: Dict[str, Any], cdn_base: str) -> Dict[str, Optional[st
     urls[key] = returned[key] or template
   status = data.get("status")
   urls["api_status"] = status if isinstance(status, str) else None
+  # Oct 2025 answers also carry the content hash and a Blossom URL (NIP-71 `x`, fallback).
+  sha256 = data.get("sha256")
+  urls["sha256"] = sha256 if isinstance(sha256, str) and _SHA256.fullmatch(sha256) else None
+  urls["blossom"] = _http_url(data.get("blossomUrl"))
   return urls
 
 

@@ -1,13 +1,16 @@
 """PublishEvents: send each signed event to every configured relay, many in flight.
 
-Input: WorkItem with `signed`. Main output: one result record per published vine.
+Input: WorkItem with `signed` and/or `signed_video` (--event-kind both publishes the
+32222 replacement and the 34236 event together). Main output: one result record per
+published vine.
 One persistent connection per relay (RelayPublisher over websocket-client), OKs
 matched by event id. Events are handed to the publishers in bursts of
 `submit_batch` (the rest at the end of the bundle): each submit wakes the
 publisher's sender thread, and a wake-up per event made the bundle thread wait
 for the GIL about as long as it spent on the event. A vine counts as published
-when at least `min_relays` relays accepted it (default: all of them); otherwise
-it is a dead letter naming the relays that refused and their messages.
+when at least `min_relays` relays accepted each of its events (default: all of
+them); otherwise it is a dead letter naming the relays that refused and their
+messages.
 """
 
 import logging
@@ -34,12 +37,19 @@ def monitor_republished(record: Dict[str, Any]) -> str:
 
 
 def result_record(item: WorkItem, accepted: Sequence[str], run_id: str) -> Dict[str, Any]:
-  """The results-table row of a published vine (public data only)."""
+  """The results-table row of a published vine (public data only).
+
+  `event_id` is the 32222 replacement's id, or the 34236 event's when only that was
+  published; `video_event_id` is the 34236 event's id (None when none was published).
+  """
   urls = item.migration or {}
+  main = item.signed or item.signed_video
   return {
       "run_id": run_id,
       "vine_id": item.vine_id,
-      "event_id": item.signed["id"],
+      "event_id": main["id"],
+      "video_event_id": item.signed_video["id"] if item.signed_video else None,
+      "kinds": [event["kind"] for event in item.outgoing],
       "previous_event_id": item.event_id,
       "pubkey": item.pubkey,
       "stream_uid": urls.get("uid"),
@@ -93,14 +103,23 @@ class PublishEventsFn(beam.DoFn):
         _LOG.warning("closing publisher failed", exc_info=True)
 
   def start_bundle(self):
+    # item key (its first event id) -> [item, windowed, {event id: {relay: result}}]
     self._pending: Dict[str, List[Any]] = {}
-    self._unsent: List[WorkItem] = []
+    self._owner: Dict[str, str] = {}  # event id -> item key
+    self._unsent: List[Dict[str, Any]] = []
 
   def process(self, item: WorkItem,
               windowed=beam.DoFn.WindowedValueParam) -> Iterator[Any]:
-    event_id = item.signed["id"]
-    self._pending[event_id] = [item, windowed, {}]
-    self._unsent.append(item)
+    events = item.outgoing
+    if not events:  # nothing signed reached this stage: a bug upstream, never a lost vine
+      for output in self._dead(item, {}, "no signed event to publish"):
+        yield output
+      return
+    key = events[0]["id"]
+    self._pending[key] = [item, windowed, {event["id"]: {} for event in events}]
+    for event in events:
+      self._owner[event["id"]] = key
+      self._unsent.append(event)
     if len(self._unsent) >= self._submit_batch:
       self._submit_unsent()
     for publisher in self._publishers:
@@ -111,47 +130,71 @@ class PublishEventsFn(beam.DoFn):
     for publisher in self._publishers:
       yield from self._absorb(publisher.drain())
     if self._pending:  # a publisher lost track of an event: never drop it silently
-      for event_id in list(self._pending):
-        item, windowed, results = self._pending.pop(event_id)
+      for key in list(self._pending):
+        item, windowed, results = self._pending.pop(key)
         for output in self._dead(item, results, "no answer from some relays"):
           yield wrap_like(output, windowed)
+    self._owner.clear()
 
   def _submit_unsent(self) -> None:
     unsent, self._unsent = self._unsent, []
     for publisher in self._publishers:
-      for item in unsent:
-        publisher.submit(item.signed, token=item.signed["id"])
+      for event in unsent:
+        publisher.submit(event, token=event["id"])
 
   def _absorb(self, results) -> Iterator[Any]:
     for result in results:
-      entry = self._pending.get(result.token)
+      key = self._owner.get(result.token)
+      entry = self._pending.get(key) if key is not None else None
       if entry is None:
         continue
-      entry[2][result.relay] = result
-      if len(entry[2]) == len(self._publishers):
-        del self._pending[result.token]
-        item, windowed, by_relay = entry
-        for output in self._finish(item, by_relay):
+      entry[2][result.token][result.relay] = result
+      if all(len(by_relay) == len(self._publishers) for by_relay in entry[2].values()):
+        del self._pending[key]
+        for event_id in entry[2]:
+          self._owner.pop(event_id, None)
+        item, windowed, results_by_event = entry
+        for output in self._finish(item, results_by_event):
           yield wrap_like(output, windowed)
 
-  def _finish(self, item: WorkItem, by_relay) -> List[Any]:
-    accepted = [url for url, r in by_relay.items() if r.accepted]
-    if len(accepted) >= self._min_relays:
+  def _finish(self, item: WorkItem, results_by_event) -> List[Any]:
+    accepted_by = [{url for url, r in by_relay.items() if r.accepted}
+                   for by_relay in results_by_event.values()]
+    if all(len(accepted) >= self._min_relays for accepted in accepted_by):
       accounting.published()
       accounting.inc(accounting.VIDEOS_REPUBLISHED)
-      record = result_record(item, accepted, self._run_id)
+      # A relay counts as holding the vine when it accepted each of its events.
+      record = result_record(item, set.intersection(*accepted_by), self._run_id)
       return [record, TaggedOutput(dl.MONITOR, monitor_republished(record))]
-    return self._dead(item, by_relay, "accepted by %d of %d relays, %d required"
-                      % (len(accepted), len(self._publishers), self._min_relays))
+    summary = "; ".join("kind %d event accepted by %d of %d relays, %d required"
+                        % (_kind_of(item, event_id), len(accepted), len(self._publishers),
+                           self._min_relays)
+                        for event_id, accepted in zip(results_by_event, accepted_by)
+                        if len(accepted) < self._min_relays)
+    return self._dead(item, results_by_event, summary)
 
-  def _dead(self, item: WorkItem, by_relay, summary: str) -> List[Any]:
-    refused = {url: r for url, r in by_relay.items() if not r.accepted}
-    missing = [url for url in self._relays if url not in by_relay]
-    details = ["%s: %s (%s)" % (url, r.message, r.outcome) for url, r in sorted(refused.items())]
-    details += ["%s: no answer" % url for url in missing]
-    permanent = any(r.outcome == "permanent" for r in refused.values())
-    attempts = max([r.attempts for r in by_relay.values()] or [1])
+  def _dead(self, item: WorkItem, results_by_event, summary: str) -> List[Any]:
+    details: List[str] = []
+    permanent = False
+    attempts = 1
+    several = len(results_by_event) > 1
+    for event_id, by_relay in results_by_event.items():
+      prefix = "kind %d: " % _kind_of(item, event_id) if several else ""
+      refused = {url: r for url, r in by_relay.items() if not r.accepted}
+      missing = [url for url in self._relays if url not in by_relay]
+      details += ["%s%s: %s (%s)" % (prefix, url, r.message, r.outcome)
+                  for url, r in sorted(refused.items())]
+      details += ["%s%s: no answer" % (prefix, url) for url in missing]
+      permanent = permanent or any(r.outcome == "permanent" for r in refused.values())
+      attempts = max([attempts] + [r.attempts for r in by_relay.values()])
     accounting.dead_lettered(dl.STAGE_PUBLISH)
     return [TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
         self._run_id, dl.STAGE_PUBLISH, dl.PERMANENT if permanent else dl.TRANSIENT_EXHAUSTED,
         "%s; refused: %s" % (summary, "; ".join(details)), item, attempts=attempts))]
+
+
+def _kind_of(item: WorkItem, event_id: str) -> int:
+  for event in item.outgoing:
+    if event["id"] == event_id:
+      return event["kind"]
+  return 0

@@ -16,6 +16,12 @@ from transforms import hashtags as hashtags_lib
 from transforms.nostr_event import first_tag_value, tag_values
 
 VIDEO_KIND = 32222
+# NIP-71 addressable short vertical video: what current divine.video clients read.
+SHORT_VIDEO_KIND = 34236
+# --event-kind choices: what each vine gets published as.
+KIND_32222 = "32222"
+KIND_34236 = "34236"
+KIND_BOTH = "both"
 MIGRATION_TAG = "migration"
 MIGRATION_NAME = "openvine-to-stream"
 
@@ -106,7 +112,7 @@ class VineRow:
 
 @dataclasses.dataclass(frozen=True)
 class SourceEvent:
-  """A verified kind 32222 event read from the relays, with what we extracted from it."""
+  """A verified event read from the relays (kind 32222, or 34236 for `WorkItem.video`)."""
   event: Dict[str, Any]
   vine_id: Optional[str]
   openvine_ids: Tuple[str, ...] = ()
@@ -129,9 +135,14 @@ class WorkItem:
   migration: Optional[Dict[str, Any]] = None  # normalised URLs, uid, api_status
   newly_migrated: bool = False
   blurhash: Optional[str] = None
-  unsigned: Optional[Dict[str, Any]] = None
+  unsigned: Optional[Dict[str, Any]] = None  # the kind 32222 replacement
   signed: Optional[Dict[str, Any]] = None
   notes: Tuple[str, ...] = ()
+  # --event-kind 34236|both: the author's current 34236 version at the same address
+  # (None when there is none yet), and the new one.
+  video: Optional[SourceEvent] = None
+  unsigned_video: Optional[Dict[str, Any]] = None
+  signed_video: Optional[Dict[str, Any]] = None
 
   @property
   def event_id(self) -> str:
@@ -140,6 +151,11 @@ class WorkItem:
   @property
   def pubkey(self) -> str:
     return self.source.event.get("pubkey", "")
+
+  @property
+  def outgoing(self) -> Tuple[Dict[str, Any], ...]:
+    """The signed events this item publishes: the 32222 replacement and/or the 34236."""
+    return tuple(e for e in (self.signed, self.signed_video) if e is not None)
 
   def with_note(self, note: str) -> "WorkItem":
     return dataclasses.replace(self, notes=self.notes + (note,))
@@ -157,6 +173,8 @@ class WorkItem:
         "migration": self.migration,
         "blurhash": self.blurhash,
         "signed": self.signed,
+        "video_event": self.video.event if self.video else None,
+        "signed_video": self.signed_video,
         "notes": list(self.notes),
     }
 
@@ -316,11 +334,15 @@ def extract_vine_id(tags: List[List[str]]) -> Optional[str]:
   return None
 
 
-def migrated_uid(tags: List[List[str]]) -> Optional[str]:
-  """The Stream uid if the event already carries this migration's tags."""
+def migrated_uid(tags: List[List[str]], kind: int = VIDEO_KIND) -> Optional[str]:
+  """The Stream uid if the event already carries this migration's tags.
+
+  Kind 32222 carries `["migration", name, uid]` and a matching `stream_uid`; a 34236
+  event (NIP-71 has no stream_uid tag) carries the migration tag alone.
+  """
   for tag in tags:
     if len(tag) >= 3 and tag[0] == MIGRATION_TAG and tag[1] == MIGRATION_NAME:
-      uid = first_tag_value(tags, "stream_uid")
+      uid = first_tag_value(tags, "stream_uid") if kind == VIDEO_KIND else tag[2]
       if uid and STREAM_UID_RE.match(uid) and uid == tag[2]:
         return uid
   return None
@@ -333,7 +355,7 @@ def to_source_event(event: Dict[str, Any]) -> SourceEvent:
       event=event,
       vine_id=extract_vine_id(tags),
       openvine_ids=extract_openvine_ids(tags),
-      migrated_uid=migrated_uid(tags))
+      migrated_uid=migrated_uid(tags, event.get("kind", VIDEO_KIND)))
 
 
 def newer(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:

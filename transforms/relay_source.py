@@ -1,5 +1,8 @@
 """ReadRelayEvents: every kind 32222 event from the relays, verified, newest per (pubkey, d).
 
+With kinds (32222, 34236) it also reads the authors' NIP-71 kind 34236 events: not
+inputs, but the current versions of the addresses --event-kind 34236|both replaces.
+
 Output: (vine_id, SourceEvent) for events with a Vine id; tagged skips for events
 without one (`no_vine_id`) and tagged dead letters for events whose id or signature
 does not check (never republished) or whose created_at is so far in the future that
@@ -36,16 +39,20 @@ from transforms import accounting
 from transforms import dead_letters as dl
 from transforms.concurrency import StopRun
 from transforms.nostr_event import first_tag_value, validate_event
-from transforms.records import SKIP_NO_VINE_ID, VIDEO_KIND, has_surrogate, json_safe, newer, \
-  to_source_event
+from transforms.records import SHORT_VIDEO_KIND, SKIP_NO_VINE_ID, VIDEO_KIND, has_surrogate, \
+  is_vine_id, json_safe, newer, to_source_event
 from transforms.relay_client import RelayError, fetch_events
 
 _LOG = logging.getLogger(__name__)
 
 INVALID = "invalid"
 READABLE = "readable"
+# Output of the authors' current kind 34236 events (--event-kind 34236|both).
+VIDEOS = "videos"
 RELAYS_UNREADABLE = "relays_unreadable"
 RELAYS_BEHIND = "relays_behind"
+VIDEO_EVENTS_READ = "video_events_read"
+VIDEO_EVENTS_IGNORED = "video_events_ignored"
 # A replacement needs created_at > the old one; relays (strfry: 900 s) refuse events
 # dated further ahead than this, so an event beyond it cannot be replaced.
 MAX_FUTURE_SECONDS = 900
@@ -103,14 +110,14 @@ def _decode_line(line: Any) -> Any:
     return {"unparseable_line": json_safe(line[:1000]), "reason": "not JSON"}
 
 
-def event_problem(event: Any) -> Optional[str]:
-  """Why an event read is not a verified kind 32222 event, or None when it is."""
+def event_problem(event: Any, kinds: Sequence[int] = (VIDEO_KIND,)) -> Optional[str]:
+  """Why an event read is not a verified event of one of `kinds`, or None when it is."""
   problem = validate_event(event)
   if problem is None and not (_HEX64.match(event["id"]) and _HEX64.match(event["pubkey"])
                               and _HEX128.match(event["sig"])):
     problem = "id, pubkey or sig is not exactly lowercase hex"
-  if problem is None and event.get("kind") != VIDEO_KIND:
-    problem = "kind %r is not %d" % (event.get("kind"), VIDEO_KIND)
+  if problem is None and event.get("kind") not in kinds:
+    problem = "kind %r is not %s" % (event.get("kind"), " or ".join(map(str, kinds)))
   return problem
 
 
@@ -133,15 +140,17 @@ class FetchRelayEventsFn(beam.DoFn):
   """
 
   def __init__(self, page_size: int = 500, max_pages: Optional[int] = None,
-               since: Optional[int] = None, fetch: Optional[Callable] = None):
+               since: Optional[int] = None, fetch: Optional[Callable] = None,
+               kinds: Sequence[int] = (VIDEO_KIND,)):
     super().__init__()
+    self._kinds = list(kinds)
     self._page_size = page_size
     self._max_pages = max_pages
     self._since = since
     self._fetch = fetch  # tests inject a fake; None means relay_client.fetch_events
 
   def _read_one(self, url: str, out: "queue.Queue", stop: threading.Event) -> int:
-    base_filter: Dict[str, Any] = {"kinds": [VIDEO_KIND]}
+    base_filter: Dict[str, Any] = {"kinds": list(self._kinds)}
     if self._since is not None:
       base_filter["since"] = self._since
     count = 0
@@ -201,9 +210,10 @@ class ValidateEventFn(beam.DoFn):
   (raw event, relays) -> ((pubkey, d or id), (event, relays)).
   """
 
-  def __init__(self, with_relays: bool = False):
+  def __init__(self, with_relays: bool = False, kinds: Sequence[int] = (VIDEO_KIND,)):
     super().__init__()
     self._with_relays = with_relays
+    self._kinds = tuple(kinds)
 
   def process(self, element: Any) -> Iterator[Any]:
     event, relays = element if self._with_relays else (element, ())
@@ -215,13 +225,15 @@ class ValidateEventFn(beam.DoFn):
       yield TaggedOutput(INVALID, (_raw_id(event), (event, "events file line is %s"
                                                     % event["reason"])))
       return
-    problem = event_problem(event)
+    problem = event_problem(event, self._kinds)
     if problem:
       yield TaggedOutput(INVALID, (_raw_id(event), (event, problem)))
       return
     d_value = first_tag_value(event["tags"], "d")
     key = (event["pubkey"], "d:" + d_value) if d_value is not None else (
         event["pubkey"], "id:" + event["id"])
+    if event["kind"] != VIDEO_KIND:  # another kind: another address
+      key = (key[0], "%d:%s" % (event["kind"], key[1]))
     yield key, ((event, tuple(relays)) if self._with_relays else event)
 
 
@@ -272,9 +284,12 @@ class ClassifyEventFn(beam.DoFn):
   def process(self, keyed: Tuple[Tuple[str, str], Any], readable=()) -> Iterator[Any]:
     _, value = keyed
     event, holders = value if isinstance(value, tuple) else (value, ())
-    accounting.inc(accounting.EVENTS_CHECKED)
     source = to_source_event(event)
     missing_on = tuple(sorted(set(readable) - set(holders)))
+    if event["kind"] == SHORT_VIDEO_KIND:
+      yield from self._video(source, missing_on)
+      return
+    accounting.inc(accounting.EVENTS_CHECKED)
     if missing_on and source.vine_id:  # events without a vine id are skipped anyway
       accounting.inc(RELAYS_BEHIND, len(missing_on))
       source = dataclasses.replace(source, missing_on=missing_on)
@@ -296,6 +311,27 @@ class ClassifyEventFn(beam.DoFn):
                                                   event["id"]))
       return
     yield source.vine_id, source
+
+  def _video(self, source, missing_on) -> Iterator[Any]:
+    """A kind 34236 event: the current version of an address we may replace, not an input.
+
+    Keyed by its Vine id: `d` when it is one, else the id its `origin` tag names (ours
+    keep the 32222 event's `d`, which may be junk); the join matches pubkey and `d`.
+    """
+    tags = source.event["tags"]
+    vine_id = first_tag_value(tags, "d")
+    if not is_vine_id(vine_id):
+      origin = next((t for t in tags if len(t) >= 3 and t[0] == "origin" and t[1] == "vine"),
+                    None)
+      vine_id = origin[2] if origin else None
+    if not is_vine_id(vine_id) or first_tag_value(tags, "d") is None:
+      accounting.inc(VIDEO_EVENTS_IGNORED)
+      return
+    accounting.inc(VIDEO_EVENTS_READ)
+    if missing_on:
+      accounting.inc(RELAYS_BEHIND, len(missing_on))
+    yield TaggedOutput(VIDEOS, (vine_id, dataclasses.replace(source, vine_id=vine_id,
+                                                             missing_on=missing_on)))
 
 
 class InvalidEventFn(beam.DoFn):
@@ -322,12 +358,18 @@ class InvalidEventFn(beam.DoFn):
 
 
 class ReadRelayEvents(beam.PTransform):
-  """PBegin -> {main: (vine_id, SourceEvent), skipped, dead_letter}."""
+  """PBegin -> {main: (vine_id, SourceEvent), videos: (vine_id, SourceEvent), skipped,
+  dead_letter}.
+
+  `videos` holds the current kind 34236 versions when `kinds` includes 34236, else
+  it is empty.
+  """
 
   def __init__(self, relays: Sequence[str], run_id: str, page_size: int = 500,
                max_pages: Optional[int] = None, raw_events=None,
-               events_file: Optional[str] = None):
+               events_file: Optional[str] = None, kinds: Sequence[int] = (VIDEO_KIND,)):
     super().__init__()
+    self._kinds = tuple(kinds)
     self._relays = list(relays)
     self._run_id = run_id
     self._page_size = page_size
@@ -345,7 +387,8 @@ class ReadRelayEvents(beam.PTransform):
       fetched = (pbegin
                  | "ListRelays" >> beam.Create([self._relays])
                  | "FetchEvents" >> beam.ParDo(FetchRelayEventsFn(
-                     self._page_size, self._max_pages)).with_outputs(READABLE, main="main"))
+                     self._page_size, self._max_pages, kinds=self._kinds)).with_outputs(
+                         READABLE, main="main"))
       raw, readable = fetched.main, fetched[READABLE]
     if self._events_file:
       # Bytes: a line that is not UTF-8 must become a dead letter, not a crash of the read.
@@ -354,17 +397,18 @@ class ReadRelayEvents(beam.PTransform):
                                                               coder=coders.BytesCoder())
                    | "DecodeEventLines" >> beam.Map(lambda line: (_decode_line(line), ())))
       raw = (raw, from_file) | "MergeEventSources" >> beam.Flatten()
-    checked = raw | "VerifyEvents" >> beam.ParDo(ValidateEventFn(with_relays=True)).with_outputs(
-        INVALID, main="valid")
+    checked = raw | "VerifyEvents" >> beam.ParDo(ValidateEventFn(
+        with_relays=True, kinds=self._kinds)).with_outputs(INVALID, main="valid")
     newest = (checked.valid
               | "KeepNewestPerAddress" >> beam.CombinePerKey(NewestWithHoldersFn())
               | "ExtractVineIds" >> beam.ParDo(
                   ClassifyEventFn(self._run_id, reject_future=True),
                   readable=beam.pvalue.AsList(readable) if readable is not None else ()
-              ).with_outputs(dl.SKIPPED, dl.DEAD_LETTER, main="main"))
+              ).with_outputs(dl.SKIPPED, dl.DEAD_LETTER, VIDEOS, main="main"))
     invalid = (checked[INVALID]
                | "GroupInvalidById" >> beam.GroupByKey()
                | "DeadLetterInvalid" >> beam.ParDo(InvalidEventFn(self._run_id)))
     dead = ((invalid, newest[dl.DEAD_LETTER])
             | "FlattenEventDeadLetters" >> beam.Flatten())
-    return {"main": newest.main, dl.SKIPPED: newest[dl.SKIPPED], dl.DEAD_LETTER: dead}
+    return {"main": newest.main, VIDEOS: newest[VIDEOS], dl.SKIPPED: newest[dl.SKIPPED],
+            dl.DEAD_LETTER: dead}

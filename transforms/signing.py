@@ -1,15 +1,15 @@
 """BuildVideoEvent and SignEvent stages.
 
-BuildVideoEventFn turns a migrated WorkItem into its unsigned replacement event and
-skips items whose event would not change (`up_to_date`), so re-runs do not churn
-relays. SignEventFn signs with the key of the original event's pubkey, loaded from
+BuildVideoEventFn turns a migrated WorkItem into its unsigned events (the 32222
+replacement, the NIP-71 34236 event, or both: --event-kind) and skips items whose
+events would not change (`up_to_date`), so re-runs do not churn relays. SignEventFn signs with the key of the original event's pubkey, loaded from
 the keys database in setup(); the key never leaves the worker.
 """
 
 import logging
 import re
 import time
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
@@ -19,8 +19,10 @@ from transforms import dead_letters as dl
 from transforms.event_builder import build_video_event, is_up_to_date
 from transforms.key_crypto import decryptor_for_spec
 from transforms.key_store import KeyStore
+from transforms.nip71_event import build_short_video_event
 from transforms.nostr_event import validate_event
-from transforms.records import SKIP_UP_TO_DATE, WorkItem
+from transforms.records import KIND_32222, KIND_34236, KIND_BOTH, SKIP_UP_TO_DATE, \
+  SourceEvent, WorkItem
 from transforms.remote_files import local_path
 
 _LOG = logging.getLogger(__name__)
@@ -60,37 +62,65 @@ def _needs_full_check(signed: Dict[str, Any]) -> bool:
   return bool(_SUSPECT_TEXT.search(text) or _SUSPECT_TEXT.search(signed["content"]))
 
 
+def plan_event(old: Optional[SourceEvent], new_unsigned: Dict[str, Any],
+               force: bool) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
+  """(event to sign, event to resend as it is) for one address; (None, None): nothing to do.
+
+  A new version when it changes something (or with force); else, when some relays
+  lack the current version (they refused or missed an earlier publish), that very
+  version again, never a new one.
+  """
+  if old is None or force or not is_up_to_date(old.event, new_unsigned):
+    return new_unsigned, None
+  if old.missing_on:
+    return None, old.event
+  return None, None
+
+
 class BuildVideoEventFn(beam.DoFn):
-  """WorkItem -> WorkItem with `unsigned` set; tagged skips for unchanged events."""
+  """WorkItem -> WorkItem with `unsigned` (32222) and/or `unsigned_video` (34236) set.
+
+  event_kind is 32222, 34236 or both. An address whose event would not change gets
+  nothing to sign (or, if relays lack it, its current version to resend); a vine
+  with nothing to publish at any address is a tagged `up_to_date` skip.
+  """
 
   def __init__(self, run_id: str, force_republish: bool = False,
-               clock: Optional[Callable[[], float]] = None):
+               clock: Optional[Callable[[], float]] = None, event_kind: str = KIND_32222):
     super().__init__()
+    if event_kind not in (KIND_32222, KIND_34236, KIND_BOTH):
+      raise ValueError("event_kind must be 32222, 34236 or both, not %r" % (event_kind,))
     self._run_id = run_id
     self._force = force_republish
     self._clock = clock or time.time
+    self._kind = event_kind
 
   def process(self, item: WorkItem) -> Iterator[Any]:
+    now = int(self._clock())
     try:
-      unsigned = build_video_event(item, int(self._clock()))
+      replacement = (build_video_event(item, now) if self._kind != KIND_34236 else None)
+      video = build_short_video_event(item, now) if self._kind != KIND_32222 else None
     except Exception as exc:  # pylint: disable=broad-except
       accounting.dead_lettered(dl.STAGE_BUILD)
       yield TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
           self._run_id, dl.STAGE_BUILD, dl.BAD_INPUT, "cannot build event: %s: %s"
           % (type(exc).__name__, exc), item))
       return
-    if not self._force and is_up_to_date(item.source.event, unsigned):
-      if item.source.missing_on:
-        # Nothing to change, but some relays lack this version (they refused or missed
-        # an earlier publish): send them the very same signed event, no new version.
-        accounting.inc(CATCH_UP)
-        yield item.replace(signed=item.source.event)
-        return
+    changes: Dict[str, Any] = {"unsigned": None, "signed": None, "unsigned_video": None,
+                               "signed_video": None}
+    if replacement is not None:
+      changes["unsigned"], changes["signed"] = plan_event(item.source, replacement, self._force)
+    if video is not None:
+      changes["unsigned_video"], changes["signed_video"] = plan_event(item.video, video,
+                                                                      self._force)
+    if not any(changes.values()):
       accounting.skipped(SKIP_UP_TO_DATE)
       yield TaggedOutput(dl.SKIPPED, dl.make_skip(dl.STAGE_BUILD, SKIP_UP_TO_DATE, item.vine_id,
                                                   item.event_id))
       return
-    yield item.replace(unsigned=unsigned)
+    if not (changes["unsigned"] or changes["unsigned_video"]):
+      accounting.inc(CATCH_UP)
+    yield item.replace(**changes)
 
 
 class SignEventFn(beam.DoFn):
@@ -106,7 +136,8 @@ class SignEventFn(beam.DoFn):
     self._keys = load_key_store(self._keys_db, self._kek_spec)
 
   def process(self, item: WorkItem) -> Iterator[Any]:
-    if item.signed is not None:  # a catch-up resend, signed by its author already
+    to_sign = [e for e in (item.unsigned, item.unsigned_video) if e is not None]
+    if not to_sign:  # a catch-up resend, signed by its author already
       yield item
       return
     signer = self._keys.signer_for(item.pubkey)
@@ -118,11 +149,17 @@ class SignEventFn(beam.DoFn):
                                                                        item.pubkey),
           item))
       return
-    signed = signer.sign(item.unsigned)
-    problem = validate_event(signed) if _needs_full_check(signed) else None
-    if problem:
-      accounting.dead_lettered(dl.STAGE_SIGN)
-      yield TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
-          self._run_id, dl.STAGE_SIGN, dl.BAD_INPUT, "signed event invalid: %s" % problem, item))
-      return
-    yield item.replace(signed=signed)
+    changes = {}
+    for field, unsigned in (("signed", item.unsigned), ("signed_video", item.unsigned_video)):
+      if unsigned is None:
+        continue
+      signed = signer.sign(unsigned)
+      problem = validate_event(signed) if _needs_full_check(signed) else None
+      if problem:
+        accounting.dead_lettered(dl.STAGE_SIGN)
+        yield TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
+            self._run_id, dl.STAGE_SIGN, dl.BAD_INPUT, "signed event invalid: %s" % problem,
+            item))
+        return
+      changes[field] = signed
+    yield item.replace(**changes)
