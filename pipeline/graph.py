@@ -111,8 +111,11 @@ def _replay(p, opts, run_id, io, events) -> Dict[str, beam.PCollection]:
              | "JoinWithRelayState" >> beam.CoGroupByKey()
              | "RefreshFromRelays" >> beam.ParDo(replay.RefreshFromRelaysFn()).with_outputs(
                  *ENTRY_STAGES))
+  # The relays' (and --events-file's) bad events and events without a vine id are
+  # counted as they are read: their records are written too, so files match the summary.
   outputs = apply_stages({stage: entries[stage] for stage in ENTRY_STAGES}, opts, run_id,
-                         dead=[], skipped=[items[dl.SKIPPED]])
+                         dead=[events[dl.DEAD_LETTER]],
+                         skipped=[items[dl.SKIPPED], events[dl.SKIPPED]])
   outputs[DEAD_LETTERS] = outputs[DEAD_LETTERS] | "LinkReplayedDeadLetters" >> beam.Map(
       replay.link_replay)
   return outputs

@@ -158,6 +158,7 @@ def run(argv: Optional[List[str]] = None) -> int:
       if display is not None:
         display.stop(ok=False)
         display = None
+      _LOG.error("run %s stopped: %s", run_id, stop)
       print("run stopped: %s" % stop, file=sys.stderr)
       return 1
     raise

@@ -375,7 +375,13 @@ def summary_table(summary: Mapping, run_dir: str = "",
   table.add_column("", overflow="fold")
   sub = lambda label: Text("  " + label, style="")
   table.add_row("vines in", str(summary["vines_in"]), "")
-  table.add_row("published", str(summary["published"]), "")
+  kind_note = ""
+  if summary.get("event_kind"):
+    kind_note = "as kind %s" % summary["event_kind"].replace("both", "32222 + 34236")
+    events = summary.get("counters", {}).get(accounting.EVENTS_PUBLISHED)
+    if events is not None:
+      kind_note += ", %d events" % events
+  table.add_row("published", str(summary["published"]), kind_note)
   skipped = summary.get("skipped", {})
   table.add_row("skipped", str(sum(skipped.values())), "")
   for reason, n in skipped.items():

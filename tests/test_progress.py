@@ -296,6 +296,18 @@ def test_summary_table_shows_every_reason_class_time_and_rate():
       "counters:")[1]
 
 
+def test_summary_table_names_the_event_kind_and_events_published():
+  counters = dict(_MID_RUN, events_published=79)
+  summary = accounting.summarise(counters)
+  summary.update({"run_id": "r", "counters": counters, "event_kind": "both"})
+  console = Console(file=io.StringIO(), width=120, color_system=None)
+  progress.print_summary(summary, console=console)
+  published = [line for line in console.file.getvalue().splitlines()
+               if line.split()[:1] == ["published"]]
+  assert published and " ".join(published[0].split()) == (
+      "published 40 as kind 32222 + 34236, 79 events")
+
+
 def test_run_facts_for_summary_json():
   secret_values.register("s3cr3t-token-value")
   opts = PipelineOptions(["--event-kind", "both"]).view_as(MigrationOptions)

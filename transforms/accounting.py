@@ -32,6 +32,7 @@ EVENTS_CHECKED = "events_checked"
 VIDEOS_MIGRATED = "videos_migrated"
 VIDEOS_ALREADY_MIGRATED = "videos_already_migrated"
 VIDEOS_REPUBLISHED = "videos_republished"
+EVENTS_PUBLISHED = "events_published"  # with --event-kind both, up to two per vine
 FAILED_MIGRATIONS = "failed_migrations"
 METADATA_MISSING = "metadata_missing"
 BLURHASH_MISSING = "blurhash_missing"

@@ -16,7 +16,7 @@ from apache_beam.pvalue import TaggedOutput
 from transforms import accounting
 from transforms import dead_letters as dl
 from transforms import secret_values
-from transforms.concurrency import AsyncDoFn, StopRun
+from transforms.concurrency import AsyncDoFn, CappedLog, StopRun
 from transforms.event_builder import existing_urls
 from transforms.migration_api import MigrationClient, RetryPolicy, sanitise_error, \
   validate_openvine_id
@@ -98,6 +98,9 @@ class MigrateVideoFn(AsyncDoFn):
                                    max_connections=self._max_in_flight, **kwargs)
     await self._client.start()
 
+  def ready_details(self):
+    return {"api": self._api_url, "force_remigrate": self._force}
+
   async def async_teardown(self):
     await self._client.close()
 
@@ -148,6 +151,8 @@ class MigrateVideoFn(AsyncDoFn):
     return [migrated, TaggedOutput(dl.MONITOR, monitor_migrated(migrated))]
 
   def on_unexpected(self, item: WorkItem, exc: BaseException) -> List[Any]:
-    _LOG.warning("migrate %s: unexpected %s", item.vine_id, type(exc).__name__)
+    if getattr(self, "_unexpected_log", None) is None:  # made here: a lock does not pickle
+      self._unexpected_log = CappedLog(_LOG, "unexpected migrate errors")
+    self._unexpected_log.log("migrate %s: unexpected %s", item.vine_id, type(exc).__name__)
     return self._dead(item, dl.TRANSIENT_EXHAUSTED,
                       "unexpected error: %s" % sanitise_error(exc))

@@ -21,7 +21,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from transforms import accounting
 from transforms import dead_letters as dl
-from transforms.concurrency import wrap_like
+from transforms.concurrency import CappedLog, log_stage, wrap_like
 from transforms.signing import load_key_store
 from transforms.records import WorkItem
 from transforms.relay_client import RelayPublisher
@@ -85,6 +85,11 @@ class PublishEventsFn(beam.DoFn):
     self._submit_batch = max(1, min(submit_batch, max_in_flight))
 
   def setup(self):
+    self._published = self._dead_lettered = 0
+    self._failed_log = CappedLog(_LOG, "vines not published")
+    log_stage(_LOG, "PublishEvents", "ready", relays=len(self._relays),
+              min_relays=self._min_relays, max_in_flight=self._max_in_flight,
+              nip42=bool(self._keys_db))
     auth = None
     if self._keys_db:
       keys = load_key_store(self._keys_db, self._kek_spec)
@@ -101,6 +106,9 @@ class PublishEventsFn(beam.DoFn):
         publisher.close()
       except Exception:  # pylint: disable=broad-except
         _LOG.warning("closing publisher failed", exc_info=True)
+    if hasattr(self, "_published"):
+      log_stage(_LOG, "PublishEvents", "done", published=self._published,
+                dead_lettered=self._dead_lettered)
 
   def start_bundle(self):
     # item key (its first event id) -> [item, windowed, {event id: {relay: result}}]
@@ -161,8 +169,10 @@ class PublishEventsFn(beam.DoFn):
     accepted_by = [{url for url, r in by_relay.items() if r.accepted}
                    for by_relay in results_by_event.values()]
     if all(len(accepted) >= self._min_relays for accepted in accepted_by):
+      self._published += 1
       accounting.published()
       accounting.inc(accounting.VIDEOS_REPUBLISHED)
+      accounting.inc(accounting.EVENTS_PUBLISHED, len(item.outgoing))
       # A relay counts as holding the vine when it accepted each of its events.
       record = result_record(item, set.intersection(*accepted_by), self._run_id)
       return [record, TaggedOutput(dl.MONITOR, monitor_republished(record))]
@@ -187,9 +197,13 @@ class PublishEventsFn(beam.DoFn):
       details += ["%s%s: no answer" % (prefix, url) for url in missing]
       permanent = permanent or any(r.outcome == "permanent" for r in refused.values())
       attempts = max([attempts] + [r.attempts for r in by_relay.values()])
+    error_class = dl.PERMANENT if permanent else dl.TRANSIENT_EXHAUSTED
+    self._dead_lettered += 1
+    self._failed_log.log("publish: vine %s not published (%s): %s", item.vine_id, error_class,
+                         summary)
     accounting.dead_lettered(dl.STAGE_PUBLISH)
     return [TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
-        self._run_id, dl.STAGE_PUBLISH, dl.PERMANENT if permanent else dl.TRANSIENT_EXHAUSTED,
+        self._run_id, dl.STAGE_PUBLISH, error_class,
         "%s; refused: %s" % (summary, "; ".join(details)), item, attempts=attempts))]
 
 

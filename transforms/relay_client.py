@@ -213,10 +213,14 @@ def fetch_events(url: str, base_filter: Dict[str, Any], page_size: int = 500,
       if not new:
         # A full page (by our limit, or by the largest page the relay has returned,
         # which reveals its own cap) of one second's events may hide more of them.
+        # A page as large as our limit is certainly full: WARNING. One as large as the
+        # largest page seen may be a relay cap, or simply all there is (a small relay
+        # whose events share one second): INFO.
         if len(page) >= page_size or (largest_page > 1 and len(page) >= largest_page):
-          _LOG.warning(
-              "relay %s returned a full page of %d already-seen events at until=%s: it may "
-              "hold more events at that second than one page can return", url, len(page), until)
+          _LOG.log(logging.WARNING if len(page) >= page_size else logging.INFO,
+                   "relay %s returned a full page of %d already-seen events at until=%s: it "
+                   "may hold more events at that second than one page can return", url,
+                   len(page), until)
         break
       largest_page = max(largest_page, len(page))
       for event in new:

@@ -188,7 +188,7 @@ class FetchRelayEventsFn(beam.DoFn):
         exc = future.exception()
         if exc is None:
           accounting.inc("events_read", future.result())
-          _LOG.info("read %d events from %s", future.result(), url)
+          _LOG.debug("read %d events from %s", future.result(), url)
           yield TaggedOutput(READABLE, url)
           continue
         if not isinstance(exc, (RelayError, OSError)):

@@ -16,6 +16,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from transforms import accounting
 from transforms import dead_letters as dl
+from transforms.concurrency import log_stage
 from transforms.event_builder import build_video_event, is_up_to_date
 from transforms.key_crypto import decryptor_for_spec
 from transforms.key_store import KeyStore
@@ -134,6 +135,18 @@ class SignEventFn(beam.DoFn):
 
   def setup(self):
     self._keys = load_key_store(self._keys_db, self._kek_spec)
+    self._signed = self._invalid = 0
+    self._no_key: Dict[str, int] = {}
+    log_stage(_LOG, "SignEvent", "ready", keys=len(self._keys))
+
+  def teardown(self):
+    if not hasattr(self, "_signed"):
+      return
+    log_stage(_LOG, "SignEvent", "done", signed=self._signed, no_key=sum(self._no_key.values()),
+              invalid=self._invalid)
+    if self._no_key:
+      _LOG.warning("SignEvent: %d vines of %d pubkeys had no signing key (dead letters "
+                   "no_signing_key)", sum(self._no_key.values()), len(self._no_key))
 
   def process(self, item: WorkItem) -> Iterator[Any]:
     to_sign = [e for e in (item.unsigned, item.unsigned_video) if e is not None]
@@ -142,6 +155,8 @@ class SignEventFn(beam.DoFn):
       return
     signer = self._keys.signer_for(item.pubkey)
     if signer is None:
+      _LOG.debug("sign %s: no key for pubkey %s", item.vine_id, item.pubkey)
+      self._no_key[item.pubkey] = self._no_key.get(item.pubkey, 0) + 1
       accounting.dead_lettered(dl.STAGE_SIGN)
       yield TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
           self._run_id, dl.STAGE_SIGN, dl.PERMANENT,
@@ -156,10 +171,12 @@ class SignEventFn(beam.DoFn):
       signed = signer.sign(unsigned)
       problem = validate_event(signed) if _needs_full_check(signed) else None
       if problem:
+        self._invalid += 1
         accounting.dead_lettered(dl.STAGE_SIGN)
         yield TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
             self._run_id, dl.STAGE_SIGN, dl.BAD_INPUT, "signed event invalid: %s" % problem,
             item))
         return
       changes[field] = signed
+    self._signed += 1
     yield item.replace(**changes)
