@@ -12,26 +12,26 @@ import time
 import pytest
 
 from pipeline import main as pipeline_main
-from pipeline import report
+from pipeline import report, run_outputs
 from tests.conftest import read_ndjson, run_pipeline
 
 RETRY_FLAGS = ["--retry-base-delay", "0.01", "--api-timeout", "5"]
 
 
 def _write_run(path, summary=None, dead=(), skipped=(), published=(), monitor=(),
-               files=report.OUTPUT_FILES):
+               files=run_outputs.OUTPUT_FILES):
   os.makedirs(path, exist_ok=True)
-  contents = {report.DEAD_LETTERS_FILE: dead, report.SKIPPED_FILE: skipped,
-              report.PUBLISHED_FILE: published}
+  contents = {run_outputs.DEAD_LETTERS_FILE: dead, run_outputs.SKIPPED_FILE: skipped,
+              run_outputs.PUBLISHED_FILE: published}
   for name, records in contents.items():
     if name in files:
       with open(os.path.join(path, name), "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
-  if report.MONITOR_FILE in files:
-    with open(os.path.join(path, report.MONITOR_FILE), "w", encoding="utf-8") as f:
+  if run_outputs.MONITOR_FILE in files:
+    with open(os.path.join(path, run_outputs.MONITOR_FILE), "w", encoding="utf-8") as f:
       f.writelines(line + "\n" for line in monitor)
-  if summary is not None and report.SUMMARY_FILE in files:
-    with open(os.path.join(path, report.SUMMARY_FILE), "w", encoding="utf-8") as f:
+  if summary is not None and run_outputs.SUMMARY_FILE in files:
+    with open(os.path.join(path, run_outputs.SUMMARY_FILE), "w", encoding="utf-8") as f:
       json.dump(summary, f)
   return str(path)
 
@@ -61,7 +61,7 @@ def test_normalise_groups_volatile_parts_and_keeps_statuses():
             error="no_signing_key: no key for pubkey " + "ab" * 32)
   e = _dead("eeeeeeeeeee", stage="sign", error_class="permanent",
             error="no_signing_key: no key for pubkey " + "cd" * 32)
-  groups = report.top_errors([a, b, c, d, e, a])
+  groups = run_outputs.top_errors([a, b, c, d, e, a])
   assert [(g["count"], g["stage"], g["error_class"]) for g in groups] == [
       (3, "migrate", "transient_exhausted"), (2, "sign", "permanent"),
       (1, "migrate", "transient_exhausted")]
@@ -69,9 +69,9 @@ def test_normalise_groups_volatile_parts_and_keeps_statuses():
   assert groups[0]["example_vine_id"] == "aaaaaaaaaa1"
   assert groups[1]["message"] == "no_signing_key: no key for pubkey <id>"
   assert "HTTP 429" in groups[2]["message"]
-  assert report.normalise_error("openvine 1751117785015-6d4fdbf8 took 12.5 s, uid "
+  assert run_outputs.normalise_error("openvine 1751117785015-6d4fdbf8 took 12.5 s, uid "
                                 + "0" * 32) == "openvine <openvine_id> took <n> s, uid <uid>"
-  assert len(report.top_errors([a, b, c, d], limit=1)) == 1
+  assert len(run_outputs.top_errors([a, b, c, d], limit=1)) == 1
 
 
 def test_newest_run_and_run_dir_and_missing_files(tmp_path):
@@ -83,19 +83,19 @@ def test_newest_run_and_run_dir_and_missing_files(tmp_path):
   past = time.time() - 3600
   for name in os.listdir(old):
     os.utime(os.path.join(old, name), (past, past))
-  assert report.find_run_dir(str(out)) == new
-  assert report.find_run_dir(str(out), "20261101T000000Z-aaaaaa") == old
-  assert report.find_run_dir(new) == new  # a run dir itself
-  with pytest.raises(report.ReportError, match="no run nope"):
-    report.find_run_dir(str(out), "nope")
-  with pytest.raises(report.ReportError, match="does not exist"):
-    report.find_run_dir(str(tmp_path / "absent"))
+  assert run_outputs.find_run_dir(str(out)) == new
+  assert run_outputs.find_run_dir(str(out), "20261101T000000Z-aaaaaa") == old
+  assert run_outputs.find_run_dir(new) == new  # a run dir itself
+  with pytest.raises(run_outputs.ReportError, match="no run nope"):
+    run_outputs.find_run_dir(str(out), "nope")
+  with pytest.raises(run_outputs.ReportError, match="does not exist"):
+    run_outputs.find_run_dir(str(tmp_path / "absent"))
   # The newest run crashed: no summary.json. Totals come from the files, said so.
   code, text = _run_cli("--output-dir", str(out), "--plain")
   assert code == 0
   assert "missing: summary.json" in text and "Totals (from files)" in text
   assert "vines in" in text and "unknown (no summary.json)" in text
-  tot = report.totals(report.load_run(new))
+  tot = run_outputs.totals(run_outputs.load_run(new))
   assert (tot["published"], tot["skipped"], tot["dead_lettered"]) == (
       1, {"no_event": 1}, {"migrate": 1})
   # An empty run directory (stopped before writing anything) is an error, not a traceback.
@@ -111,7 +111,7 @@ def test_run_without_dead_letters_and_unreadable_lines(tmp_path):
                                              "skipped": {}, "dead_lettered": {},
                                              "balanced": True, "accounted": 1},
                    published=[{"vine_id": "v", "notes": []}])
-  with open(os.path.join(run, report.SKIPPED_FILE), "w", encoding="utf-8") as f:
+  with open(os.path.join(run, run_outputs.SKIPPED_FILE), "w", encoding="utf-8") as f:
     f.write("not json\n")
   code, text = _run_cli("--output-dir", run, "--plain")
   assert code == 0
@@ -129,7 +129,7 @@ def test_replay_command_drops_the_run_own_flags():
           "--force-republish", "--output-dir", "/o", "--event-kind", "both"]
   assert report.strip_flags(argv) == ["--relays", "ws://127.0.0.1:1", "--force-republish",
                                       "--output-dir", "/o", "--event-kind", "both"]
-  run = report.RunOutputs(run_dir="/o/r", summary={"argv": argv},
+  run = run_outputs.RunOutputs(run_dir="/o/r", summary={"argv": argv},
                           dead=[_dead("v1"), _dead("v2", stage="read_events",
                                                    error_class="bad_input")])
   cmd = report.replay_command(run, error_class="transient_exhausted")
@@ -139,7 +139,7 @@ def test_replay_command_drops_the_run_own_flags():
                              "--replay-from", "/o/r/dead_letters.ndjson", "--replay-filter",
                              "error_class=transient_exhausted"]
   assert any("CF_STREAM_MIGRATION_API" in n for n in cmd["notes"])  # not in argv: from env
-  without = report.replay_command(report.RunOutputs(run_dir="/o/r", summary={
+  without = report.replay_command(run_outputs.RunOutputs(run_dir="/o/r", summary={
       "event_kind": "34236"}, dead=[_dead("v1")]), stage="migrate")
   assert not without["from_run_flags"]
   assert "--relays '<RELAY_URLS>'" in without["command"]
@@ -178,9 +178,9 @@ def real_run(stack, tmp_path_factory):
 
 @pytest.mark.integration
 def test_totals_and_classes_equal_the_run_outputs(real_run):
-  run = report.load_run(report.find_run_dir(real_run["out"]))
+  run = run_outputs.load_run(run_outputs.find_run_dir(real_run["out"]))
   assert run.run_dir == real_run["run_dir"] and not run.missing
-  tot = report.totals(run)
+  tot = run_outputs.totals(run)
   summary = real_run["summary"]
   assert tot["source"] == "summary.json" and tot["balanced"] is True and not tot["checks"]
   for key in ("vines_in", "published", "skipped", "dead_lettered"):
@@ -189,7 +189,7 @@ def test_totals_and_classes_equal_the_run_outputs(real_run):
   assert tot["dead_letter_classes"] == dict(classes)
   assert classes["transient_exhausted"] == 1 and classes["bad_input"] == 1
   assert classes["permanent"] == 2
-  migrated = report.migrated_counts(run)
+  migrated = run_outputs.migrated_counts(run)
   assert migrated["published"] == summary["published"]
   assert migrated["monitor_migrated"] == summary["counters"]["videos_migrated"]
   assert migrated["published_newly_migrated"] == sum(
@@ -198,37 +198,37 @@ def test_totals_and_classes_equal_the_run_outputs(real_run):
 
 @pytest.mark.integration
 def test_top_errors_class_ids_and_vine_status(real_run, stack):
-  run = report.load_run(real_run["run_dir"])
+  run = run_outputs.load_run(real_run["run_dir"])
   failing = real_run["failing"]
-  groups = report.top_errors(run.dead)
+  groups = run_outputs.top_errors(run.dead)
   exhausted = [g for g in groups if g["error_class"] == "transient_exhausted"]
   assert len(exhausted) == 1 and exhausted[0]["count"] == 1
   assert exhausted[0]["stage"] == "migrate" and exhausted[0]["example_vine_id"] == failing
   assert exhausted[0]["message"].startswith("gave up after 5 attempts: HTTP 503")
   assert sum(g["count"] for g in groups) == len(real_run["dead"])
 
-  chosen = report.select_dead(run.dead, error_class="transient_exhausted")
+  chosen = run_outputs.select_dead(run.dead, error_class="transient_exhausted")
   assert [d["vine_id"] for d in chosen] == [failing]
-  assert {d["vine_id"] for d in report.select_dead(run.dead, stage="sign")} == set(
+  assert {d["vine_id"] for d in run_outputs.select_dead(run.dead, stage="sign")} == set(
       stack.manifest["planted"]["no_signing_key"]["vine_ids"])
 
   planted = stack.manifest["planted"]
-  missing = report.vine_status(run, planted["missing_openvine_video"]["vine_id"])
+  missing = run_outputs.vine_status(run, planted["missing_openvine_video"]["vine_id"])
   assert missing["status"] == "dead_lettered"
   assert (missing["dead_lettered"][0]["stage"], missing["dead_lettered"][0]["error_class"]) == (
       "migrate", "permanent")
-  skipped = report.vine_status(run, planted["row_without_event"]["vine_id"])
+  skipped = run_outputs.vine_status(run, planted["row_without_event"]["vine_id"])
   assert skipped["status"] == "skipped" and skipped["skipped"][0]["reason"] == "no_event"
   record = real_run["published"][0]
-  published = report.vine_status(run, record["vine_id"])
+  published = run_outputs.vine_status(run, record["vine_id"])
   assert published["status"] == "published"
   assert published["published"][0]["event_id"] == record["event_id"]
   assert published["published"][0]["stream_uid"] == record["stream_uid"]
   assert published["published"][0]["relays"] == stack.relay_urls
   assert any(line.startswith("REPUBLISHED,") for line in published["monitor"])
-  by_event = report.vine_status(run, record["event_id"])
+  by_event = run_outputs.vine_status(run, record["event_id"])
   assert by_event["status"] == "published"
-  assert report.vine_status(run, "nosuchvine0")["status"] == "not_found"
+  assert run_outputs.vine_status(run, "nosuchvine0")["status"] == "not_found"
 
   code, text = _run_cli("--output-dir", real_run["out"], "--vine-id", failing)
   assert code == 0 and "dead lettered" in text and "transient_exhausted" in text
@@ -252,12 +252,12 @@ def test_printed_replay_command_runs_and_publishes_the_failed_vine(real_run, sta
   monkeypatch.setenv("CF_STREAM_MIGRATION_TOKEN", stack.token)
   assert pipeline_main.run(argv[3:]) == 0  # the fault is off now (real_run turned it off)
 
-  replay_dir = report.find_run_dir(real_run["out"])  # the newest run: the replay
+  replay_dir = run_outputs.find_run_dir(real_run["out"])  # the newest run: the replay
   assert replay_dir != real_run["run_dir"]
-  run = report.load_run(replay_dir)
-  tot = report.totals(run)
+  run = run_outputs.load_run(replay_dir)
+  tot = run_outputs.totals(run)
   assert (tot["vines_in"], tot["published"], tot["balanced"]) == (1, 1, True)
-  status = report.vine_status(run, real_run["failing"])
+  status = run_outputs.vine_status(run, real_run["failing"])
   assert status["status"] == "published"
   assert any(n.startswith("replay_of=") for n in status["published"][0]["notes"])
-  assert report.migrated_counts(run)["published_replayed"] == 1
+  assert run_outputs.migrated_counts(run)["published_replayed"] == 1
