@@ -30,6 +30,8 @@ Environment (optional, defaults in brackets):
   RESULTS_TABLE            BigQuery results table [none]
   OUTPUT_DIR               gs:// directory for run outputs [$GCS_TEMP/runs]
 
+Which events to publish: add --event-kind 32222|34236|both (default 32222; current
+divine.video clients read only 34236, see README "Event kinds").
 Offline check of the job (no network): add --dry_run=True.
 USAGE
 }

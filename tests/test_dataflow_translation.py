@@ -225,6 +225,22 @@ def test_step_labels_are_stable(env):
   assert labels() == labels()
 
 
+def test_event_kinds_share_the_step_labels_and_translate(env):
+  """Switching --event-kind keeps every step label (a streaming job can be --update'd)."""
+  def labels(p):
+    return sorted(n.full_label for n in _user_transforms(p))
+  default = _build(env["keys_db"])
+  both = _build(env["keys_db"], "--event-kind=both")
+  assert labels(both) == labels(default)
+  fns = {n.full_label.split("/ParDo(")[0]: n.transform.fn for n in _user_transforms(both)
+         if isinstance(n.transform, beam.ParDo)}
+  build = pickler.loads(pickler.dumps(fns["BuildVideoEvent"]))
+  assert build._kind == "both"  # pylint: disable=protected-access
+  fetch = pickler.loads(pickler.dumps(fns["ReadRelayEvents/FetchEvents"]))
+  assert fetch._kinds == [32222, 34236]  # pylint: disable=protected-access
+  assert _run_dry(both).proto_pipeline.components.transforms
+
+
 def test_no_secret_in_the_job(env, tmp_path):
   p = _build(env["keys_db"], bigquery_sinks=True)
   job = _run_dry(p)
