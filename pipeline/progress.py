@@ -400,7 +400,7 @@ def summary_table(summary: Mapping, run_dir: str = "",
     table.add_row("time", "%.1f s" % summary["seconds"], "%s to %s" % (
         summary.get("started_at", "?"), summary.get("finished_at", "?")))
     table.add_row("events/s", "%.1f" % summary.get("events_per_second", 0.0),
-                  "published per second of wall time")
+                  "events published per second of wall time")
   table.add_section()
   if run_dir:
     table.add_row("outputs", "", Text(run_dir))
