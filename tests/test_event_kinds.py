@@ -137,13 +137,16 @@ def test_both_publishes_the_32222_replacements_and_counts_one_vine_each(runs):
   assert again["replacements"] == step["replacements"] and again["videos"] == step["videos"]
 
 
-def test_both_on_a_fresh_corpus_publishes_the_two_events_together(tmp_path):
-  with LocalStack(str(tmp_path / "fresh"), n_vines=6, seed=8, plant_failures=False) as stack:
+def test_both_on_a_fresh_corpus_publishes_the_two_events_together_and_replays(tmp_path):
+  with LocalStack(str(tmp_path / "fresh"), n_vines=7, seed=8, plant_failures=False) as stack:
     before = {_address(e): e for e in stack.relay_events()}
+    failing = read_ndjson(stack.path("rows.ndjson"))[0]["vineId"]
+    stack.emulator.configure(always_fail_vine_ids=[failing])
     code, run_dir, summary = run_pipeline(stack, tmp_path / "out", ["--event-kind", "both"])
     assert code == 0 and summary["balanced"]
     published = read_ndjson(os.path.join(run_dir, "published.ndjson"))
-    assert summary["published"] == len(published) == stack.manifest["expected_published"] > 0
+    assert summary["published"] == len(published) == stack.manifest["expected_published"] - 1
+    assert summary["counters"]["events_published"] == 2 * len(published)
     replacements = {e["id"]: e for e in stack.relay_events()}
     videos = {e["id"]: e for e in stack.relay_events(kind=34236)}
     assert len(videos) == len(published)
@@ -153,3 +156,17 @@ def test_both_on_a_fresh_corpus_publishes_the_two_events_together(tmp_path):
       assert _address(new) == _address(video) and _address(new) in before
       assert new["created_at"] > before[_address(new)]["created_at"]
       assert ["migration", "openvine-to-stream", record["stream_uid"]] in video["tags"]
+
+    # The failed vine, replayed once the API works: both of its events, one vine.
+    (dead,) = read_ndjson(os.path.join(run_dir, "dead_letters.ndjson"))
+    assert dead["vine_id"] == failing and dead["stage"] == "migrate"
+    stack.emulator.configure(always_fail_vine_ids=[])
+    replay_args = ["--event-kind", "both", "--mode", "replay", "--replay-from",
+                   os.path.join(run_dir, "dead_letters.ndjson")]
+    code, replay_dir, replayed = run_pipeline(stack, tmp_path / "replay", replay_args)
+    assert code == 0 and replayed["balanced"] and replayed["published"] == 1
+    (record,) = read_ndjson(os.path.join(replay_dir, "published.ndjson"))
+    assert record["vine_id"] == failing and record["kinds"] == [32222, 34236]
+    assert record["video_event_id"] in {e["id"] for e in stack.relay_events(kind=34236)}
+    code, _, again = run_pipeline(stack, tmp_path / "again", replay_args)
+    assert code == 0 and again["published"] == 0 and again["balanced"]
