@@ -32,13 +32,13 @@ from http import HTTPStatus
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import connect
-from websockets.sync.server import serve
 
 from devstack.emulator import keyed_fault, normalize_config
 from devstack.relay import RelayProcess, free_port
 from devstack.stack import LocalStack
 from pipeline import main as pipeline_main
 from tests.conftest import read_ndjson, run_pipeline
+from tests.ws_server import ThreadedServer
 from transforms import signing
 from transforms.blurhash_fast import DecoderCrash, IsolatedDecoder, ThumbnailError
 from transforms.nostr_event import first_tag_value, validate_event
@@ -310,7 +310,7 @@ def test_require_blurhash_dead_letters_broken_thumbnails(api_stack, fault_run, r
 # B. Relay faults.
 
 
-class FaultyRelayProxy:
+class FaultyRelayProxy(ThreadedServer):
   """A websocket proxy in front of a real relay that misbehaves on EVENT messages.
 
   `rule(event, sends)` decides what happens to the sends-th EVENT of that id:
@@ -327,11 +327,8 @@ class FaultyRelayProxy:
     self.actions = collections.Counter()
     self.refused_handshakes = 0
     self._lock = threading.Lock()
-    self._server = serve(self._handle, "127.0.0.1", 0, process_request=self._open_upstream,
-                         max_size=None, compression=None)
-    self.url = "ws://127.0.0.1:%d" % self._server.socket.getsockname()[1]
-    self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-    self._thread.start()
+    super().__init__(process_request=self._open_upstream, max_size=None, compression=None)
+    self.start()
 
   def _open_upstream(self, connection, request):
     try:
@@ -381,10 +378,6 @@ class FaultyRelayProxy:
     finally:
       client.close()
       upstream.close()
-
-  def close(self):
-    self._server.shutdown()
-    self._thread.join(5)
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,12 @@ WARNING for the loss, with the relay and the reason, and one INFO for the reconn
 import json
 import logging
 import socket
-import threading
 
 import pytest
-from websockets.sync.server import serve
 
 from devstack.stack import LocalStack
 from tests.conftest import read_ndjson, run_pipeline
+from tests.ws_server import ThreadedServer
 from transforms.concurrency import CappedLog, stage_line
 from transforms.nostr_event import Signer, generate_private_key
 from transforms.relay_client import OUTCOME_ACCEPTED, OUTCOME_PERMANENT, RelayPublisher
@@ -98,15 +97,13 @@ def test_info_lines_do_not_grow_with_the_vines(stack, small_stack, tmp_path, cap
     assert stack.token not in text and small_stack.token not in text
 
 
-class _DroppingRelay:
+class _DroppingRelay(ThreadedServer):
   """Closes its first connection on the first EVENT without answering; then answers OK,
   or `invalid:` for events whose content says "refuse"."""
 
   def __init__(self):
     self.connections = 0
-    self._server = serve(self._handle, "127.0.0.1", 0)
-    self.url = "ws://127.0.0.1:%d" % self._server.socket.getsockname()[1]
-    self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+    super().__init__()
 
   def _handle(self, conn):
     self.connections += 1
@@ -120,14 +117,6 @@ class _DroppingRelay:
         return
       refuse = msg[1]["content"].endswith("refuse")
       conn.send(json.dumps(["OK", msg[1]["id"], not refuse, "invalid: no" if refuse else ""]))
-
-  def __enter__(self):
-    self._thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self._server.shutdown()
-    self._thread.join(5)
 
 
 def test_a_relay_reconnect_is_logged_once_with_the_relay_and_reason(caplog):

@@ -13,6 +13,7 @@ import pytest
 from websockets.sync.server import serve
 
 from devstack.relay import RelayProcess, free_port
+from tests.ws_server import ThreadedServer
 from transforms.nostr_event import Signer, generate_private_key
 from transforms.relay_client import (
     OUTCOME_ACCEPTED,
@@ -250,15 +251,13 @@ def test_nip42_without_a_key_is_permanent(auth_relay):
 # Scripted relay for the retry paths.
 
 
-class _ScriptedRelay:
+class _ScriptedRelay(ThreadedServer):
   """Answers each EVENT with the next scripted reply (None: no answer) then `true`."""
 
   def __init__(self, replies):
     self.replies = list(replies)
     self.received = []
-    self._server = serve(self._handle, "127.0.0.1", 0)
-    self.url = "ws://127.0.0.1:%d" % self._server.socket.getsockname()[1]
-    self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+    super().__init__()
 
   def _handle(self, conn):
     for raw in conn:
@@ -269,14 +268,6 @@ class _ScriptedRelay:
       reply = self.replies.pop(0) if self.replies else (True, "")
       if reply is not None:
         conn.send(json.dumps(["OK", msg[1]["id"], reply[0], reply[1]]))
-
-  def __enter__(self):
-    self._thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self._server.shutdown()
-    self._thread.join(5)
 
 
 def test_rate_limited_twice_then_accepted_with_backoff():
@@ -370,7 +361,7 @@ def test_fetch_skips_malformed_messages_closes_and_survives_a_dropped_connection
 # Scripted NIP-42 relays: the behaviours LocalRelay does not have.
 
 
-class _AuthRelay:
+class _AuthRelay(ThreadedServer):
   """A NIP-42 relay whose challenge and AUTH policies the test chooses.
 
   Args:
@@ -389,9 +380,7 @@ class _AuthRelay:
     self.stored = set()
     self.auths = []  # (pubkey, answer message) of every AUTH received
     self.connections = 0
-    self._server = serve(self._handle, "127.0.0.1", 0)
-    self.url = "ws://127.0.0.1:%d" % self._server.socket.getsockname()[1]
-    self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+    super().__init__()
 
   def _handle(self, conn):
     self.connections += 1
@@ -432,14 +421,6 @@ class _AuthRelay:
           del challenges[:len(challenges) - self.keep]
           conn.send(json.dumps(["AUTH", challenge]))
         conn.send(json.dumps(["OK", event["id"], False, "auth-required: you must auth"]))
-
-  def __enter__(self):
-    self._thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self._server.shutdown()
-    self._thread.join(5)
 
 
 def _authors(n, per_author=3):
