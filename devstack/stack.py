@@ -22,7 +22,8 @@ from devstack import sampledata
 from devstack.emulator import EmulatorProcess
 from devstack.relay import RelayProcess
 from transforms.nostr_event import validate_event
-from transforms.relay_client import RelayPublisher, fetch_events
+from transforms.relay_publisher import RelayPublisher
+from transforms.relay_reader import fetch_events
 
 _LOG = logging.getLogger("devstack")
 TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"

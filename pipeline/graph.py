@@ -31,7 +31,7 @@ from transforms.bigquery_source import ReadVineRows
 from transforms.blurhash_stage import ComputeBlurhashFn
 from transforms.join import JoinOnVineId
 from transforms.migrate import MigrateVideoFn
-from transforms.migration_api import RetryPolicy
+from transforms.migration_contract import RetryPolicy
 from transforms.publish import PublishEventsFn
 from transforms.records import KIND_32222, SHORT_VIDEO_KIND, VIDEO_KIND
 from transforms.relay_source import VIDEOS, ReadRelayEvents

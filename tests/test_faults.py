@@ -42,7 +42,7 @@ from tests.ws_server import ThreadedServer
 from transforms import signing
 from transforms.blurhash_fast import DecoderCrash, IsolatedDecoder, ThumbnailError
 from transforms.nostr_event import first_tag_value, validate_event
-from transforms.relay_client import fetch_events
+from transforms.relay_reader import fetch_events
 
 pytestmark = pytest.mark.integration
 

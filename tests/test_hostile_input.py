@@ -36,7 +36,7 @@ from transforms.event_builder import MAX_CONTENT_BYTES, MAX_EVENT_BYTES, MAX_HAS
   MAX_TAG_BYTES
 from transforms.nostr_event import first_tag_value, validate_event
 from transforms.records import json_safe
-from transforms.relay_client import fetch_events
+from transforms.relay_reader import fetch_events
 from transforms.relay_source import event_problem
 
 pytestmark = pytest.mark.integration

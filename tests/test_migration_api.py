@@ -1,5 +1,5 @@
-"""Tests of transforms.migration_api: pure classification and retry logic, and the
-client against a scripted in-process aiohttp server on 127.0.0.1."""
+"""Tests of transforms.migration_contract (pure classification and retry logic) and
+transforms.migration_api (the client against a scripted in-process aiohttp server on 127.0.0.1)."""
 
 import asyncio
 import datetime
@@ -8,17 +8,19 @@ import pickle
 import random
 import socket
 
+import aiohttp
 import pytest
 from aiohttp import web
 
-from transforms import migration_api as m
+from transforms import migration_api as api
+from transforms import migration_contract as contract
 
 TOKEN = "s3cr3t-token-value-0123456789"
 CDN = "https://cdn.example.test"
 UID = "0123456789abcdef0123456789abcdef"
 OPENVINE_ID = "1751085897568-0fd41442"
 VINE_ID = "bqJ5A2xW6Ke"
-NO_JITTER = m.RetryPolicy(jitter=False, timeout=2.0)
+NO_JITTER = contract.RetryPolicy(jitter=False, timeout=2.0)
 
 OCT_2025 = {
   "status": "hybrid_migration_completed",
@@ -103,7 +105,7 @@ def _j(obj):
   ],
 )
 def test_classify_status_table(status, body, kind):
-  outcome = m.classify(status, body, None)
+  outcome = contract.classify(status, body, None)
   assert outcome.kind == kind, outcome
   assert TOKEN not in outcome.reason
   if kind == "success":
@@ -113,15 +115,14 @@ def test_classify_status_table(status, body, kind):
 
 
 def test_classify_messages():
-  assert m.classify(200, "{", None).reason.startswith("malformed response")
-  assert m.classify(401, "", None).reason == (
+  assert contract.classify(200, "{", None).reason.startswith("malformed response")
+  assert contract.classify(401, "", None).reason == (
     "migration API refused the token (HTTP 401): check CF_STREAM_MIGRATION_TOKEN"
   )
-  missing = m.classify(500, _j({"message": "Failed to fetch video: 404 Not Found"}), None)
+  missing = contract.classify(500, _j({"message": "Failed to fetch video: 404 Not Found"}), None)
   assert missing.reason.startswith("source missing")
-  assert (
-    "Missing videoId" in m.classify(400, _j({"error": "Missing videoId or sourceUrl"}), None).reason
-  )
+  missing_id = contract.classify(400, _j({"error": "Missing videoId or sourceUrl"}), None)
+  assert "Missing videoId" in missing_id.reason
 
 
 @pytest.mark.parametrize(
@@ -129,32 +130,32 @@ def test_classify_messages():
   [
     asyncio.TimeoutError(),
     TimeoutError(),
-    m.aiohttp.ServerTimeoutError("read timeout"),
+    aiohttp.ServerTimeoutError("read timeout"),
     ConnectionResetError(104, "Connection reset by peer"),
-    m.aiohttp.ClientConnectionError("boom"),
-    m.aiohttp.ServerDisconnectedError(),
-    m.aiohttp.ClientPayloadError("Response payload is not completed"),
+    aiohttp.ClientConnectionError("boom"),
+    aiohttp.ServerDisconnectedError(),
+    aiohttp.ClientPayloadError("Response payload is not completed"),
     OSError("network unreachable"),
   ],
 )
 def test_classify_exceptions_are_transient(exc):
-  outcome = m.classify(None, None, exc)
+  outcome = contract.classify(None, None, exc)
   assert outcome.kind == "transient"
 
 
 def test_classify_too_large_uses_status():
-  too_large = m.ResponseTooLarge("big")
-  assert m.classify(200, None, too_large).kind == "transient"
-  assert m.classify(400, None, too_large).kind == "permanent"
-  assert m.classify(401, None, too_large).kind == "config"
-  assert m.classify(503, None, too_large).kind == "transient"
+  too_large = contract.ResponseTooLarge("big")
+  assert contract.classify(200, None, too_large).kind == "transient"
+  assert contract.classify(400, None, too_large).kind == "permanent"
+  assert contract.classify(401, None, too_large).kind == "config"
+  assert contract.classify(503, None, too_large).kind == "transient"
 
 
 def test_classify_retry_after_for_429_only_when_given():
-  assert m.classify(429, "", None, "7").retry_after == 7.0
-  assert m.classify(429, "", None).retry_after is None
-  assert m.classify(503, "", None, "3").retry_after == 3.0
-  assert m.classify(500, "", None, "3").retry_after is None
+  assert contract.classify(429, "", None, "7").retry_after == 7.0
+  assert contract.classify(429, "", None).retry_after is None
+  assert contract.classify(503, "", None, "3").retry_after == 3.0
+  assert contract.classify(500, "", None, "3").retry_after is None
 
 
 # ---------------------------------------------------------------------------
@@ -163,39 +164,39 @@ def test_classify_retry_after_for_429_only_when_given():
 
 def test_parse_retry_after():
   now = datetime.datetime(2025, 10, 1, 12, 0, 0, tzinfo=datetime.timezone.utc)
-  assert m.parse_retry_after("7") == 7.0
-  assert m.parse_retry_after(" 120 ") == 120.0
-  assert m.parse_retry_after("Wed, 01 Oct 2025 12:00:30 GMT", now=now) == 30.0
-  assert m.parse_retry_after("Wed, 01 Oct 2025 11:00:00 GMT", now=now) == 0.0
+  assert contract.parse_retry_after("7") == 7.0
+  assert contract.parse_retry_after(" 120 ") == 120.0
+  assert contract.parse_retry_after("Wed, 01 Oct 2025 12:00:30 GMT", now=now) == 30.0
+  assert contract.parse_retry_after("Wed, 01 Oct 2025 11:00:00 GMT", now=now) == 0.0
   for bad in (None, "", "soon", "-5", "1e400", "nan"):
-    assert m.parse_retry_after(bad) is None, bad
+    assert contract.parse_retry_after(bad) is None, bad
 
 
 def test_backoff_without_jitter_is_exact():
-  policy = m.RetryPolicy(jitter=False)
-  assert [m.backoff_delay(a, policy) for a in range(1, 6)] == [2.0, 4.0, 8.0, 16.0, 32.0]
-  assert m.backoff_delay(6, policy) == 32.0
-  assert m.backoff_delay(10_000, policy) == 32.0
+  policy = contract.RetryPolicy(jitter=False)
+  assert [contract.backoff_delay(a, policy) for a in range(1, 6)] == [2.0, 4.0, 8.0, 16.0, 32.0]
+  assert contract.backoff_delay(6, policy) == 32.0
+  assert contract.backoff_delay(10_000, policy) == 32.0
   with pytest.raises(ValueError):
-    m.backoff_delay(0, policy)
+    contract.backoff_delay(0, policy)
 
 
 def test_backoff_equal_jitter_bounds():
-  policy = m.RetryPolicy()
+  policy = contract.RetryPolicy()
   rng = random.Random(42)
   for attempt, full in zip(range(1, 6), (2, 4, 8, 16, 32), strict=True):
-    delays = [m.backoff_delay(attempt, policy, rng) for _ in range(200)]
+    delays = [contract.backoff_delay(attempt, policy, rng) for _ in range(200)]
     assert all(full / 2 <= d <= full for d in delays)
     assert max(delays) - min(delays) > full / 4  # Actually jittered.
 
 
 def test_backoff_retry_after_cap_and_429_waits_longer():
-  policy = m.RetryPolicy(jitter=False)
-  assert m.backoff_delay(1, policy, retry_after=7) == 7.0
-  assert m.backoff_delay(1, policy, retry_after=600) == 60.0
-  assert m.backoff_delay(5, policy, retry_after=2) == 32.0
-  jittered = m.RetryPolicy()
-  assert all(m.backoff_delay(1, jittered, random.Random(i), 7) >= 7 for i in range(50))
+  policy = contract.RetryPolicy(jitter=False)
+  assert contract.backoff_delay(1, policy, retry_after=7) == 7.0
+  assert contract.backoff_delay(1, policy, retry_after=600) == 60.0
+  assert contract.backoff_delay(5, policy, retry_after=2) == 32.0
+  jittered = contract.RetryPolicy()
+  assert all(contract.backoff_delay(1, jittered, random.Random(i), 7) >= 7 for i in range(50))
 
 
 # ---------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def test_backoff_retry_after_cap_and_429_waits_longer():
 
 
 def test_normalise_urls_oct_2025_without_hls():
-  urls = m.normalise_urls(OCT_2025, CDN + "/")
+  urls = contract.normalise_urls(OCT_2025, CDN + "/")
   assert urls == {
     "uid": UID,
     "hls": f"{CDN}/{UID}/manifest/video.m3u8",
@@ -218,7 +219,7 @@ def test_normalise_urls_oct_2025_without_hls():
 
 
 def test_normalise_urls_aug_2025_with_hls():
-  urls = m.normalise_urls(AUG_2025, CDN)
+  urls = contract.normalise_urls(AUG_2025, CDN)
   assert urls["hls"] == AUG_2025["hlsUrl"]
   assert urls["dash"] == AUG_2025["dashUrl"]
   assert urls["mp4"] == AUG_2025["mp4Url"]
@@ -228,43 +229,48 @@ def test_normalise_urls_aug_2025_with_hls():
 
 
 def test_normalise_urls_fallbacks_and_uid_check():
-  urls = m.normalise_urls({"uid": UID, "posterUrl": "https://p.example/x.jpg", "mp4Url": ""}, CDN)
+  urls = contract.normalise_urls(
+    {"uid": UID, "posterUrl": "https://p.example/x.jpg", "mp4Url": ""}, CDN
+  )
   assert urls["thumbnail"] == "https://p.example/x.jpg"
   assert urls["mp4"] == f"{CDN}/{UID}/downloads/default.mp4"
   assert urls["animated_thumbnail"] == f"{CDN}/{UID}/thumbnails/thumbnail.gif"
   assert urls["api_status"] is None
-  odd = m.normalise_urls({"uid": UID, "sha256": "AB" * 32, "blossomUrl": "javascript:x"}, CDN)
+  odd = contract.normalise_urls(
+    {"uid": UID, "sha256": "AB" * 32, "blossomUrl": "javascript:x"}, CDN
+  )
   assert odd["sha256"] is None and odd["blossom"] is None
   for bad in ("../../etc", UID.upper(), UID[:-1], None):
     with pytest.raises(ValueError):
-      m.normalise_urls({"uid": bad}, CDN)
+      contract.normalise_urls({"uid": bad}, CDN)
 
 
 def test_validate_ids():
-  assert m.validate_vine_id(VINE_ID) == VINE_ID
-  assert m.validate_vine_id("openvine_1751085897568-0fd41442") == "openvine_1751085897568-0fd41442"
+  assert contract.validate_vine_id(VINE_ID) == VINE_ID
+  legacy = "openvine_1751085897568-0fd41442"
+  assert contract.validate_vine_id(legacy) == legacy
   for bad in ("", "a\nb", "a\x00", " pad", "x" * 65, None, 12345):
     with pytest.raises(ValueError):
-      m.validate_vine_id(bad)
-  assert m.validate_openvine_id(OPENVINE_ID) == OPENVINE_ID
+      contract.validate_vine_id(bad)
+  assert contract.validate_openvine_id(OPENVINE_ID) == OPENVINE_ID
   for bad in ("1751085897568", "1751085897568-0FD41442", OPENVINE_ID + "\n", "../x", None):
     with pytest.raises(ValueError):
-      m.validate_openvine_id(bad)
-  assert m.validate_openvine_id("abc.DEF_1-2", permissive=True) == "abc.DEF_1-2"
+      contract.validate_openvine_id(bad)
+  assert contract.validate_openvine_id("abc.DEF_1-2", permissive=True) == "abc.DEF_1-2"
   with pytest.raises(ValueError):
-    m.validate_openvine_id("a/b", permissive=True)
+    contract.validate_openvine_id("a/b", permissive=True)
 
 
 def test_sanitise_error_removes_token_and_bearer():
   exc = RuntimeError(f"request failed headers={{'Authorization': 'Bearer {TOKEN}'}} token={TOKEN}")
-  text = m.sanitise_error(exc, secrets=(TOKEN,))
+  text = contract.sanitise_error(exc, secrets=(TOKEN,))
   assert TOKEN not in text
   assert text.startswith("RuntimeError: ")
-  assert m.sanitise_error("Authorization: Bearer abc.def") == "Authorization: ***"
-  assert "abc" not in m.sanitise_error("sent bearer abc123 to host")
-  assert m.sanitise_error(TimeoutError()) == "TimeoutError"
-  assert "\n" not in m.sanitise_error("a\nb\r\nc")
-  assert len(m.sanitise_error("x" * 5000)) <= 300
+  assert contract.sanitise_error("Authorization: Bearer abc.def") == "Authorization: ***"
+  assert "abc" not in contract.sanitise_error("sent bearer abc123 to host")
+  assert contract.sanitise_error(TimeoutError()) == "TimeoutError"
+  assert "\n" not in contract.sanitise_error("a\nb\r\nc")
+  assert len(contract.sanitise_error("x" * 5000)) <= 300
 
 
 # ---------------------------------------------------------------------------
@@ -332,14 +338,14 @@ def run_client(script, scenario, policy=NO_JITTER, **kwargs):
 
   async def main():
     app = web.Application()
-    app.router.add_post(m.MIGRATE_PATH, script.handle)
-    app.router.add_get(m.LOOKUP_PATH, script.handle)
+    app.router.add_post(contract.MIGRATE_PATH, script.handle)
+    app.router.add_get(contract.LOOKUP_PATH, script.handle)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    client = m.MigrationClient(
+    client = api.MigrationClient(
       f"http://127.0.0.1:{port}/",
       TOKEN,
       CDN,
@@ -376,7 +382,7 @@ def test_503_503_200_succeeds_on_third_attempt():
   assert result.first_failure and result.last_failure and result.error is None
   assert datetime.datetime.fromisoformat(result.first_failure).tzinfo is not None
   request = script.requests[0]
-  assert request["path"] == m.MIGRATE_PATH
+  assert request["path"] == contract.MIGRATE_PATH
   assert request["headers"]["Authorization"] == f"Bearer {TOKEN}"
   assert json.loads(request["body"]) == {"videoId": OPENVINE_ID, "vineId": VINE_ID}
 
@@ -422,7 +428,7 @@ def test_malformed_json_then_success():
 
 
 def test_hang_past_timeout_is_retried():
-  policy = m.RetryPolicy(jitter=False, timeout=0.2)
+  policy = contract.RetryPolicy(jitter=False, timeout=0.2)
   script = Script(reply(200, ALREADY, delay=0.6), reply(200, ALREADY))
   result, delays = run_client(script, migrate, policy=policy)
   assert result.kind == "success" and result.attempts == 2 and delays == [2.0]
@@ -448,8 +454,8 @@ def test_connection_refused_is_transient():
   sleep = FakeSleep()
 
   async def main():
-    policy = m.RetryPolicy(jitter=False, timeout=1.0, max_attempts=2)
-    async with m.MigrationClient(f"http://127.0.0.1:{port}", TOKEN, CDN, policy, sleep) as client:
+    policy = contract.RetryPolicy(jitter=False, timeout=1.0, max_attempts=2)
+    async with api.MigrationClient(f"http://127.0.0.1:{port}", TOKEN, CDN, policy, sleep) as client:
       return await migrate(client)
 
   result = asyncio.run(main())
@@ -479,7 +485,7 @@ def test_lookup():
   async def scenario(client):
     found = await client.lookup("a&b=c d")
     missing = await client.lookup(VINE_ID)
-    with pytest.raises(m.MigrationApiError) as info:
+    with pytest.raises(api.MigrationApiError) as info:
       await client.lookup(VINE_ID)
     return found, missing, info.value
 
@@ -493,11 +499,11 @@ def test_lookup():
 
 
 def test_client_hides_token_and_refuses_pickling():
-  client = m.MigrationClient("https://api.example", TOKEN, CDN)
+  client = api.MigrationClient("https://api.example", TOKEN, CDN)
   assert TOKEN not in repr(client)
   with pytest.raises(TypeError):
     pickle.dumps(client)
   with pytest.raises(ValueError):
-    m.MigrationClient("https://api.example", "tok\r\nX-Evil: 1", CDN)
+    api.MigrationClient("https://api.example", "tok\r\nX-Evil: 1", CDN)
   with pytest.raises(RuntimeError):
     asyncio.run(client.migrate(VINE_ID, OPENVINE_ID))

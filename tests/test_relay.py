@@ -1,4 +1,5 @@
-"""Tests for transforms.relay_client against real LocalRelay processes (devstack.relay).
+"""Tests for transforms.relay_reader and transforms.relay_publisher against real LocalRelay
+processes (devstack.relay).
 
 The retry paths that a real relay does not produce on demand (rate-limited,
 error:, a lost OK) use a tiny scripted relay built on the websockets package.
@@ -15,15 +16,15 @@ from websockets.sync.server import serve
 from devstack.relay import RelayProcess, free_port
 from tests.ws_server import ThreadedServer
 from transforms.nostr_event import Signer, generate_private_key
-from transforms.relay_client import (
+from transforms.relay_client import validate_relay_url
+from transforms.relay_outcomes import (
     OUTCOME_ACCEPTED,
     OUTCOME_DUPLICATE,
     OUTCOME_PERMANENT,
     OUTCOME_TRANSIENT_EXHAUSTED,
-    RelayPublisher,
-    fetch_events,
-    validate_relay_url,
 )
+from transforms.relay_publisher import RelayPublisher
+from transforms.relay_reader import fetch_events
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_fetch_stops_when_one_second_holds_more_than_a_page(relay, caplog):
   signer = Signer(generate_private_key())
   events = _events(signer, 7, per_second=7)  # all in one second
   assert all(r.accepted for r in _publish(relay.url, events))
-  with caplog.at_level(logging.WARNING, logger="transforms.relay_client"):
+  with caplog.at_level(logging.WARNING, logger="transforms.relay_reader"):
     fetched = list(fetch_events(relay.url, {"authors": [signer.pubkey]}, page_size=3))
   assert len(fetched) == 3
   assert "may hold more events" in caplog.text

@@ -26,7 +26,7 @@ from devstack.relay import RelayProcess
 from transforms.accounting import NAMESPACE
 from transforms.nostr_event import Signer, generate_private_key
 from transforms.records import VIDEO_KIND
-from transforms.relay_client import RelayPublisher
+from transforms.relay_publisher import RelayPublisher
 from transforms.relay_subscription import (
     MAX_POSITION,
     OWN_EVENTS_IGNORED,

@@ -63,12 +63,15 @@ from transforms import accounting
 from transforms import blurhash_stage as bs
 from transforms import dead_letters as dl
 from transforms import migration_api as m
+from transforms import migration_contract as mc
 from transforms import secret_values as sv
 from transforms.key_store import KeyStore
 from transforms.migrate import MigrateVideoFn
 from transforms.nostr_event import Signer, nsec_encode, parse_private_key
 from transforms.records import BadInput, SourceEvent, WorkItem, extract_vine_id, parse_row
-from transforms.relay_client import RelayPublisher, fetch_events, validate_relay_url
+from transforms.relay_client import validate_relay_url
+from transforms.relay_publisher import RelayPublisher
+from transforms.relay_reader import fetch_events
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
@@ -685,14 +688,14 @@ class _ApiScript:
     return await self.answer(request)
 
 
-def _with_api(answer, scenario, policy=m.RetryPolicy(max_attempts=1, timeout=5.0), **kwargs):
+def _with_api(answer, scenario, policy=mc.RetryPolicy(max_attempts=1, timeout=5.0), **kwargs):
   """Runs scenario(client) against an in-process API; returns (result, requests)."""
   script = _ApiScript(answer)
 
   async def main():
     app = web.Application()
-    app.router.add_post(m.MIGRATE_PATH, script.handle)
-    app.router.add_get(m.LOOKUP_PATH, script.handle)
+    app.router.add_post(mc.MIGRATE_PATH, script.handle)
+    app.router.add_get(mc.LOOKUP_PATH, script.handle)
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -747,11 +750,11 @@ def test_lookup_url_encodes_the_vine_id_and_refuses_bad_ones():
 
   found, requests = _with_api(_async_ok, scenario)
   assert found["uid"] == UID and len(requests) == 1
-  assert requests[0]["path"] == m.LOOKUP_PATH
+  assert requests[0]["path"] == mc.LOOKUP_PATH
   assert requests[0]["query"] == [("vineId", tricky)]
   # On the wire the id is one encoded query value: its "&", "=", "#" and "%" are escaped.
   raw_path, _, raw_query = requests[0]["raw_path"].partition("?")
-  assert raw_path == m.LOOKUP_PATH and "#" not in raw_query and "&" not in raw_query
+  assert raw_path == mc.LOOKUP_PATH and "#" not in raw_query and "&" not in raw_query
   assert urllib.parse.parse_qsl(raw_query, strict_parsing=True) == [("vineId", tricky)]
   assert "Authorization" not in requests[0]["headers"]
 
@@ -847,9 +850,9 @@ def _client_exceptions():
 def test_http_client_exceptions_are_sanitised_for_logs_and_dead_letters(index):
   sv.register(TOKEN)  # what MigrationClient and resolve_token do with the token they hold
   exc = _client_exceptions()[index]
-  texts = [m.sanitise_error(exc), m.sanitise_error(repr(exc)), dl.sanitise(exc),
+  texts = [mc.sanitise_error(exc), mc.sanitise_error(repr(exc)), dl.sanitise(exc),
            dl.sanitise(repr(exc)), dl.make_dead_letter("r", dl.STAGE_MIGRATE, dl.PERMANENT,
-                                                       m.sanitise_error(exc))["error"]]
+                                                       mc.sanitise_error(exc))["error"]]
   assert find_leaks({t: t.encode() for t in texts}, {"token": token_forms(TOKEN)}) == []
 
 
@@ -857,7 +860,7 @@ def test_request_info_headers_are_sanitised():
   text = repr(aiohttp.RequestInfo(URL("https://api.example/"), "POST", _auth_headers(),
                                   URL("https://api.example/")))
   assert TOKEN in text  # the raw repr does carry it: that is what must never be logged
-  assert TOKEN not in m.sanitise_error(text) and TOKEN not in dl.sanitise(text)
+  assert TOKEN not in mc.sanitise_error(text) and TOKEN not in dl.sanitise(text)
 
 
 def test_the_client_path_sanitises_what_it_logs_and_returns(caplog):
@@ -873,7 +876,7 @@ def test_the_client_path_sanitises_what_it_logs_and_returns(caplog):
     session.post = post
     return await client.migrate(VINE_ID, OPENVINE_ID)
 
-  policy = m.RetryPolicy(max_attempts=2, base_delay=0.0, jitter=False, timeout=5.0)
+  policy = mc.RetryPolicy(max_attempts=2, base_delay=0.0, jitter=False, timeout=5.0)
   result, _ = _with_api(_async_ok, scenario, policy=policy)
   assert result.kind == "transient_exhausted" and "connection error" in result.error
   letter = dl.make_dead_letter("r", dl.STAGE_MIGRATE, dl.TRANSIENT_EXHAUSTED, result.error)
@@ -1008,7 +1011,8 @@ def test_secret_manager_failures_and_empty_secrets_name_the_secret_not_the_value
 
 
 def test_secret_manager_is_imported_only_when_a_secret_is_named():
-  code = ("import sys, transforms.secret_values, transforms.migration_api; "
+  code = ("import sys, transforms.secret_values, transforms.migration_contract, "
+          "transforms.migration_api; "
           "print('google.cloud.secretmanager' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        check=True, env=dict(os.environ, PYTHONPATH=ROOT))

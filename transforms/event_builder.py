@@ -189,7 +189,7 @@ def is_up_to_date(old_event: Dict[str, Any], new_unsigned: Dict[str, Any]) -> bo
 
 
 def existing_urls(event: Dict[str, Any]) -> Dict[str, Optional[str]]:
-  """URLs an already-migrated event carries, in the normalised shape of migration_api."""
+  """URLs an already-migrated event carries, in the normalised shape of migration_contract."""
   tags = event["tags"]
   hls = None
   mp4 = None

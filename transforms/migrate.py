@@ -18,8 +18,8 @@ from transforms import dead_letters as dl
 from transforms import secret_values
 from transforms.concurrency import AsyncDoFn, CappedLog, StopRun
 from transforms.event_builder import existing_urls
-from transforms.migration_api import MigrationClient, RetryPolicy, sanitise_error, \
-  validate_openvine_id
+from transforms.migration_api import MigrationClient
+from transforms.migration_contract import RetryPolicy, sanitise_error, validate_openvine_id
 from transforms.nip71_event import short_video_urls
 from transforms.records import SKIP_NO_OPENVINE_ID, STREAM_UID_RE, WorkItem, usable_openvine_id
 

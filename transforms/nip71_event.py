@@ -130,7 +130,7 @@ def build_short_video_event(item: WorkItem, now: int) -> Dict[str, Any]:
 
 
 def short_video_urls(event: Dict[str, Any]) -> Dict[str, Optional[str]]:
-  """URLs a migrated 34236 event carries, in the normalised shape of migration_api."""
+  """URLs a migrated 34236 event carries, in the normalised shape of migration_contract."""
   tags = event["tags"]
   fallbacks = []
   for tag in tags:

@@ -24,7 +24,7 @@ from transforms import dead_letters as dl
 from transforms.concurrency import CappedLog, log_stage, wrap_like
 from transforms.signing import load_key_store
 from transforms.records import WorkItem
-from transforms.relay_client import RelayPublisher
+from transforms.relay_publisher import RelayPublisher
 
 _LOG = logging.getLogger(__name__)
 

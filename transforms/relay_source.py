@@ -41,7 +41,8 @@ from transforms.concurrency import StopRun
 from transforms.nostr_event import first_tag_value, validate_event
 from transforms.records import SHORT_VIDEO_KIND, SKIP_NO_VINE_ID, VIDEO_KIND, has_surrogate, \
   is_vine_id, json_safe, newer, to_source_event
-from transforms.relay_client import RelayError, fetch_events
+from transforms.relay_client import RelayError
+from transforms.relay_reader import fetch_events
 
 _LOG = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class FetchRelayEventsFn(beam.DoFn):
     self._page_size = page_size
     self._max_pages = max_pages
     self._since = since
-    self._fetch = fetch  # tests inject a fake; None means relay_client.fetch_events
+    self._fetch = fetch  # tests inject a fake; None means relay_reader.fetch_events
 
   def _read_one(self, url: str, out: "queue.Queue", stop: threading.Event) -> int:
     base_filter: Dict[str, Any] = {"kinds": list(self._kinds)}

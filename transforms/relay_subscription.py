@@ -68,7 +68,8 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from transforms import accounting
 from transforms.concurrency import log_stage
 from transforms.records import VIDEO_KIND, migrated_uid
-from transforms.relay_client import backoff_delay, decode_message, validate_relay_url
+from transforms.relay_client import backoff_delay, close_quietly, decode_message, \
+  validate_relay_url
 
 _LOG = logging.getLogger(__name__)
 _NOTICES_LOGGED = 5  # NOTICEs per connection logged at INFO (then DEBUG)
@@ -247,7 +248,7 @@ class RelaySubscriptionClient:
     """Closes the connection; poll() returns None afterwards."""
     self._closed = True
     ws, self._ws = self._ws, None
-    _close_quietly(ws)
+    close_quietly(ws)
 
   def __enter__(self) -> "RelaySubscriptionClient":
     return self
@@ -287,7 +288,7 @@ class RelaySubscriptionClient:
 
   def _disconnect(self, reason: str, permanent: bool = False) -> None:
     ws, self._ws = self._ws, None
-    _close_quietly(ws)
+    close_quietly(ws)
     self._reset_subscription_state()
     self._schedule_retry(reason, permanent)
 
@@ -367,14 +368,6 @@ class RelaySubscriptionClient:
       self.max_created_at = capped
     self.received += 1
     return event
-
-
-def _close_quietly(ws) -> None:
-  if ws is not None:
-    try:
-      ws.close()
-    except Exception:  # pylint: disable=broad-except
-      pass
 
 
 # ---------------------------------------------------------------------------

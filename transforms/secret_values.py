@@ -9,7 +9,7 @@ option value:
   prefix is optional).
 
 Every secret value the process loads (the token, the KEK's text forms) is also
-registered here, and the sanitisers (`migration_api.sanitise_error`,
+registered here, and the sanitisers (`migration_contract.sanitise_error`,
 `dead_letters.sanitise`) replace registered values wherever they appear, so an
 exception that quotes a secret in an unexpected form still cannot carry it into
 a log line or a dead letter. The registry is per process, which is where the
