@@ -26,8 +26,9 @@ from pipeline import progress
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
 from pipeline.options import MODE_REPLAY, ConfigError, MigrationOptions, validate
 from transforms import accounting, secret_values
+from transforms import dead_letters as dl
 from transforms.concurrency import StopRun
-from transforms.sinks import run_output_dir
+from transforms.sinks import SUMMARY_FILE, run_output_dir
 
 _LOG = logging.getLogger("vine_migration")
 
@@ -83,7 +84,7 @@ def local_workers(options: PipelineOptions, workers: int) -> int:
 
 def output_files(run_dir: str) -> List[str]:
   """Names of the files in the run directory (local or remote), summary.json included."""
-  names = {"summary.json"}
+  names = {SUMMARY_FILE}
   try:
     for match in FileSystems.match([FileSystems.join(run_dir, "*")])[0].metadata_list:
       names.add(match.path.rstrip("/").rsplit("/", 1)[-1])
@@ -93,15 +94,15 @@ def output_files(run_dir: str) -> List[str]:
 
 
 def run_facts(argv: List[str], opts: MigrationOptions, started: float, finished: float,
-              published: int, files: List[str]) -> Dict:
+              events_published: int, files: List[str]) -> Dict:
   """What summary.json says about the run itself (pipeline/report.py reads these keys)."""
   seconds = max(0.0, finished - started)
   return {
       "argv": [secret_values.redact(str(a)) for a in argv],
-      "started_at": progress.utc_iso(started),
-      "finished_at": progress.utc_iso(finished),
+      "started_at": dl.utc_now_iso(started),
+      "finished_at": dl.utc_now_iso(finished),
       "seconds": round(seconds, 3),
-      "events_per_second": round(published / seconds, 2) if seconds > 0 else 0.0,
+      "events_per_second": round(events_published / seconds, 2) if seconds > 0 else 0.0,
       "event_kind": opts.event_kind,
       "output_files": files,
   }
@@ -173,7 +174,7 @@ def run(argv: Optional[List[str]] = None) -> int:
   events = counters.get(accounting.EVENTS_PUBLISHED, summary["published"])
   summary.update(run_facts(argv, opts, started, finished, events,
                            output_files(run_dir)))
-  with FileSystems.create(FileSystems.join(run_dir, "summary.json")) as f:
+  with FileSystems.create(FileSystems.join(run_dir, SUMMARY_FILE)) as f:
     f.write(json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
   tables = [(what, name) for what, name in (("dead letters", opts.dead_letter_table),
                                             ("results", opts.results_table)) if name]

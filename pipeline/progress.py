@@ -12,7 +12,6 @@ display thread takes its console, clock and refresh interval as arguments.
 """
 
 import collections
-import datetime
 import io
 import json
 import logging
@@ -346,12 +345,6 @@ def for_run(*, no_progress: bool, streaming: bool, workers: int, local: bool,
 
 
 # -- the end-of-run summary -------------------------------------------------------------------
-
-
-def utc_iso(seconds: float) -> str:
-  """ISO-8601 UTC of a unix time, to the millisecond."""
-  return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(
-      timespec="milliseconds")
 
 
 def summary_table(summary: Mapping, run_dir: str = "",

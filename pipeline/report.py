@@ -31,10 +31,11 @@ import shlex
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from pipeline.run_outputs import DEAD_LETTERS_FILE, OUTPUT_FILES, SUMMARY_FILE, ReportError, \
-  RunOutputs, find_run_dir, join_path, load_run, migrated_counts, recent_failures, \
-  select_dead, top_errors, totals, vine_status
+from pipeline.run_outputs import OUTPUT_FILES, ReportError, RunOutputs, find_run_dir, \
+  join_path, load_run, migrated_counts, recent_failures, select_dead, top_errors, totals, \
+  vine_status
 from transforms import dead_letters as dl
+from transforms.sinks import DEAD_LETTERS_FILE, SUMMARY_FILE
 
 _LOG = logging.getLogger(__name__)
 

@@ -16,11 +16,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
-SUMMARY_FILE = "summary.json"
-DEAD_LETTERS_FILE = "dead_letters.ndjson"
-SKIPPED_FILE = "skipped.ndjson"
-PUBLISHED_FILE = "published.ndjson"
-MONITOR_FILE = "monitor.log"
+from transforms.sinks import DEAD_LETTERS_FILE, MONITOR_FILE, PUBLISHED_FILE, SKIPPED_FILE, \
+  SUMMARY_FILE
+
 OUTPUT_FILES = (SUMMARY_FILE, DEAD_LETTERS_FILE, SKIPPED_FILE, PUBLISHED_FILE, MONITOR_FILE)
 
 SEED_STATS = ("events_checked", "videos_migrated", "videos_already_migrated",

@@ -11,11 +11,16 @@ import threading
 import time
 
 import pytest
+from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 from websockets.sync.server import serve
 
 from devstack.relay import RelayProcess, free_port
 from tests.ws_server import ThreadedServer
+from transforms import records
 from transforms.nostr_event import Signer, generate_private_key
+from transforms.publish import PublishEventsFn
 from transforms.relay_client import validate_relay_url
 from transforms.relay_outcomes import (
     OUTCOME_ACCEPTED,
@@ -25,6 +30,7 @@ from transforms.relay_outcomes import (
 )
 from transforms.relay_publisher import RelayPublisher
 from transforms.relay_reader import fetch_events
+from transforms.records import WorkItem
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +296,32 @@ def test_transient_errors_exhaust_after_max_attempts():
       (OUTCOME_TRANSIENT_EXHAUSTED, 4, False)]
   assert results[0].message == "error: database locked"
   assert len(fake.received) == 4
+
+
+def test_publish_stage_answers_every_item_even_when_an_event_repeats_in_a_bundle():
+  """Both events of an --event-kind both item go out; an item listed twice (a dead letter
+  replayed twice) is sent once and both copies are answered: no vine goes missing."""
+  signer = Signer(generate_private_key())
+  old, new, video = [signer.sign({"kind": kind, "created_at": at, "content": "",
+                                  "tags": [["d", "MYxVapFvz2z"]]})
+                     for kind, at in ((32222, 1), (32222, 2), (34236, 2))]
+  item = WorkItem(vine_id="MYxVapFvz2z", source=records.to_source_event(old),
+                  migration={"uid": "0" * 32}, signed=new, signed_video=video)
+  windowed = WindowedValue(None, 0, [GlobalWindow()])
+  with _ScriptedRelay([]) as fake:
+    fn = PublishEventsFn([fake.url], "run-1", max_attempts=1)
+    fn.setup()
+    try:
+      fn.start_bundle()
+      outputs = (list(fn.process(item, windowed)) + list(fn.process(item, windowed))
+                 + list(fn.finish_bundle()))
+    finally:
+      fn.teardown()
+  results = [o.value for o in outputs if not isinstance(o, TaggedOutput)]
+  assert [(r["event_id"], r["video_event_id"], r["kinds"], r["relays"]) for r in results] == [
+      (new["id"], video["id"], [32222, 34236], [fake.url])] * 2
+  assert sorted(fake.received) == sorted([new["id"], video["id"]])
+  assert not [o for o in outputs if isinstance(o, TaggedOutput) and o.tag == "dead_letter"]
 
 
 def test_lost_ok_is_resent_after_ack_timeout():

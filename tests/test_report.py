@@ -13,6 +13,7 @@ import pytest
 
 from pipeline import main as pipeline_main
 from pipeline import report, run_outputs
+from transforms import sinks
 from tests.conftest import read_ndjson, run_pipeline
 
 RETRY_FLAGS = ["--retry-base-delay", "0.01", "--api-timeout", "5"]
@@ -21,17 +22,17 @@ RETRY_FLAGS = ["--retry-base-delay", "0.01", "--api-timeout", "5"]
 def _write_run(path, summary=None, dead=(), skipped=(), published=(), monitor=(),
                files=run_outputs.OUTPUT_FILES):
   os.makedirs(path, exist_ok=True)
-  contents = {run_outputs.DEAD_LETTERS_FILE: dead, run_outputs.SKIPPED_FILE: skipped,
-              run_outputs.PUBLISHED_FILE: published}
+  contents = {sinks.DEAD_LETTERS_FILE: dead, sinks.SKIPPED_FILE: skipped,
+              sinks.PUBLISHED_FILE: published}
   for name, records in contents.items():
     if name in files:
       with open(os.path.join(path, name), "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
-  if run_outputs.MONITOR_FILE in files:
-    with open(os.path.join(path, run_outputs.MONITOR_FILE), "w", encoding="utf-8") as f:
+  if sinks.MONITOR_FILE in files:
+    with open(os.path.join(path, sinks.MONITOR_FILE), "w", encoding="utf-8") as f:
       f.writelines(line + "\n" for line in monitor)
-  if summary is not None and run_outputs.SUMMARY_FILE in files:
-    with open(os.path.join(path, run_outputs.SUMMARY_FILE), "w", encoding="utf-8") as f:
+  if summary is not None and sinks.SUMMARY_FILE in files:
+    with open(os.path.join(path, sinks.SUMMARY_FILE), "w", encoding="utf-8") as f:
       json.dump(summary, f)
   return str(path)
 
@@ -111,7 +112,7 @@ def test_run_without_dead_letters_and_unreadable_lines(tmp_path):
                                              "skipped": {}, "dead_lettered": {},
                                              "balanced": True, "accounted": 1},
                    published=[{"vine_id": "v", "notes": []}])
-  with open(os.path.join(run, run_outputs.SKIPPED_FILE), "w", encoding="utf-8") as f:
+  with open(os.path.join(run, sinks.SKIPPED_FILE), "w", encoding="utf-8") as f:
     f.write("not json\n")
   code, text = _run_cli("--output-dir", run, "--plain")
   assert code == 0

@@ -63,8 +63,11 @@ _AUTH_HEADER = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^'\",}\n]+
 _NSEC = re.compile(r"(?i)nsec1[0-9a-z]{20,}")
 
 
-def utc_now_iso() -> str:
-  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+def utc_now_iso(at: Optional[float] = None) -> str:
+  """ISO-8601 UTC to the millisecond: of now, or of the unix time `at`."""
+  moment = (datetime.datetime.now(datetime.timezone.utc) if at is None
+            else datetime.datetime.fromtimestamp(at, datetime.timezone.utc))
+  return moment.isoformat(timespec="milliseconds")
 
 
 def sanitise(text: Any) -> str:

@@ -3,8 +3,8 @@
 Input: (vine_id, VineRow) and (vine_id, SourceEvent). Output: one WorkItem per event
 (several authors claiming one vine id: each under its own key), with the row when
 there is one (else `metadata_missing`) and the author's kind 34236 event at the same
-`d` when there is one (`videos`, read with --event-kind 34236|both); a vine with rows but no event is skipped
-(`no_event`). Every output is one unit of the accounting (`vines_in`).
+`d` when there is one (`videos`, read with --event-kind 34236|both); a vine with rows
+but no event is skipped (`no_event`). Every output is one unit of the accounting (`vines_in`).
 
 One author can hold several addresses for one vine (an event without `d` that names
 the vine in a `vine_id` tag, and the `d = <vine id>` version we published for it):

@@ -16,7 +16,6 @@ size cap.
 
 import asyncio
 import dataclasses
-import datetime
 import logging
 import random
 import urllib.parse
@@ -24,6 +23,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import aiohttp
 
+from transforms import dead_letters as dl
 from transforms import secret_values
 from transforms.concurrency import CappedLog, log_stage
 from transforms.migration_contract import LOOKUP_PATH, MIGRATE_PATH, MigrationResult, Outcome, \
@@ -46,10 +46,6 @@ class MigrationApiError(RuntimeError):
   def __init__(self, message: str, status: Optional[int] = None):
     super().__init__(message)
     self.status = status
-
-
-def _utc_now_iso() -> str:
-  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
 class MigrationClient:
@@ -233,7 +229,7 @@ class MigrationClient:
           result.kind, result.api_status, result.error = "success", outcome.reason, None
           self._counts["successes"] += 1
           return result
-      now = _utc_now_iso()
+      now = dl.utc_now_iso()
       result.first_failure = result.first_failure or now
       result.last_failure = now
       result.error = outcome.reason

@@ -17,7 +17,8 @@ import re
 from typing import Any, Dict, List, Optional
 
 from transforms.event_builder import CLIENT_NAME, DEFAULT_DIM, MAX_CONTENT_BYTES, \
-  MAX_HASHTAGS, PLACEHOLDER_TITLES, add_tag, clean_text, fit_event_size, imeta_field, trim_utf8, video_title
+  MAX_HASHTAGS, PLACEHOLDER_TITLES, add_tag, clean_text, fit_event_size, imeta_field, \
+  trim_utf8, video_title
 from transforms.nostr_event import first_tag_value
 from transforms.records import MIGRATION_NAME, MIGRATION_TAG, OPENVINE_MEDIA_URL, \
   SHORT_VIDEO_KIND, WorkItem, usable_openvine_id

@@ -111,23 +111,28 @@ class PublishEventsFn(beam.DoFn):
                 dead_lettered=self._dead_lettered)
 
   def start_bundle(self):
-    # item key (its first event id) -> [item, windowed, {event id: {relay: result}}]
-    self._pending: Dict[str, List[Any]] = {}
-    self._owner: Dict[str, str] = {}  # event id -> item key
+    # item key (arrival number) -> [item, windowed, {event id: {relay: result}}]
+    self._pending: Dict[int, List[Any]] = {}
+    # event id -> keys of the pending items publishing it: the same event may come twice
+    # in one bundle (a replayed dead letter listed twice); it is sent once, and every
+    # item waiting for it gets the answer.
+    self._owners: Dict[str, List[int]] = {}
+    self._next_key = 0
     self._unsent: List[Dict[str, Any]] = []
 
   def process(self, item: WorkItem,
               windowed=beam.DoFn.WindowedValueParam) -> Iterator[Any]:
     events = item.outgoing
     if not events:  # nothing signed reached this stage: a bug upstream, never a lost vine
-      for output in self._dead(item, {}, "no signed event to publish"):
-        yield output
+      yield from self._dead(item, {}, "no signed event to publish")
       return
-    key = events[0]["id"]
+    key, self._next_key = self._next_key, self._next_key + 1
     self._pending[key] = [item, windowed, {event["id"]: {} for event in events}]
     for event in events:
-      self._owner[event["id"]] = key
-      self._unsent.append(event)
+      owners = self._owners.setdefault(event["id"], [])
+      if not owners:
+        self._unsent.append(event)
+      owners.append(key)
     if len(self._unsent) >= self._submit_batch:
       self._submit_unsent()
     for publisher in self._publishers:
@@ -142,7 +147,7 @@ class PublishEventsFn(beam.DoFn):
         item, windowed, results = self._pending.pop(key)
         for output in self._dead(item, results, "no answer from some relays"):
           yield wrap_like(output, windowed)
-    self._owner.clear()
+    self._owners.clear()
 
   def _submit_unsent(self) -> None:
     unsent, self._unsent = self._unsent, []
@@ -152,18 +157,18 @@ class PublishEventsFn(beam.DoFn):
 
   def _absorb(self, results) -> Iterator[Any]:
     for result in results:
-      key = self._owner.get(result.token)
-      entry = self._pending.get(key) if key is not None else None
-      if entry is None:
-        continue
-      entry[2][result.token][result.relay] = result
-      if all(len(by_relay) == len(self._publishers) for by_relay in entry[2].values()):
-        del self._pending[key]
-        for event_id in entry[2]:
-          self._owner.pop(event_id, None)
-        item, windowed, results_by_event = entry
-        for output in self._finish(item, results_by_event):
-          yield wrap_like(output, windowed)
+      for key in list(self._owners.get(result.token, ())):
+        entry = self._pending[key]
+        entry[2][result.token][result.relay] = result
+        if all(len(by_relay) == len(self._publishers) for by_relay in entry[2].values()):
+          del self._pending[key]
+          for event_id in entry[2]:
+            self._owners[event_id].remove(key)
+            if not self._owners[event_id]:
+              del self._owners[event_id]
+          item, windowed, results_by_event = entry
+          for output in self._finish(item, results_by_event):
+            yield wrap_like(output, windowed)
 
   def _finish(self, item: WorkItem, results_by_event) -> List[Any]:
     accepted_by = [{url for url, r in by_relay.items() if r.accepted}

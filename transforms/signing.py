@@ -2,8 +2,9 @@
 
 BuildVideoEventFn turns a migrated WorkItem into its unsigned events (the 32222
 replacement, the NIP-71 34236 event, or both: --event-kind) and skips items whose
-events would not change (`up_to_date`), so re-runs do not churn relays. SignEventFn signs with the key of the original event's pubkey, loaded from
-the keys database in setup(); the key never leaves the worker.
+events would not change (`up_to_date`), so re-runs do not churn relays.
+SignEventFn signs with the key of the original event's pubkey, loaded from the keys
+database in setup(); the key never leaves the worker.
 """
 
 import logging

@@ -13,6 +13,7 @@ DEAD_LETTERS_FILE = "dead_letters.ndjson"
 SKIPPED_FILE = "skipped.ndjson"
 PUBLISHED_FILE = "published.ndjson"
 MONITOR_FILE = "monitor.log"
+SUMMARY_FILE = "summary.json"  # written by pipeline/main.py at the end of a run
 
 
 def to_json_line(record) -> str:
