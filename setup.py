@@ -8,7 +8,7 @@ setuptools.setup(
     description=("Beam pipeline that migrates archived Vine videos from OpenVine to "
                  "Cloudflare Stream and republishes their Nostr events."),
     python_requires=">=3.11,<3.12",
-    packages=["pipeline", "transforms", "devstack"],
+    packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*"]),
     install_requires=[
         "apache-beam[gcp]==2.77.0",
         "requests>=2.31",

@@ -50,11 +50,13 @@ def _frame_key(code) -> str:
 
 
 def _our_module(filename: str):
-  """`transforms.signing` for a frame in one of the project's packages, else None."""
-  parts = filename.replace(os.sep, "/").rsplit("/", 2)
-  if len(parts) == 3 and parts[1] in ("transforms", "pipeline", "devstack") \
-      and "site-packages" not in filename:
-    return "%s.%s" % (parts[1], parts[2][:-3])
+  """`transforms.stages.sign` for a frame in one of the project's packages, else None."""
+  if "site-packages" in filename or not filename.endswith(".py"):
+    return None
+  parts = filename.replace(os.sep, "/")[:-3].split("/")
+  for i in range(len(parts) - 1, -1, -1):
+    if parts[i] in ("transforms", "pipeline", "devstack"):
+      return ".".join(parts[i:])
   return None
 
 

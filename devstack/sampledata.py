@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional
 
 import coincurve
 
-from transforms.nostr_event import Signer, compute_event_id, nsec_encode
+from transforms.nostr.event import Signer, compute_event_id, nsec_encode
 
 try:  # coincurve's cffi layer: lets one keypair sign many events without re-verifying
   from coincurve._libsecp256k1 import ffi as _ffi

@@ -21,9 +21,9 @@ from typing import Dict, List, Optional
 from devstack import sampledata
 from devstack.emulator import EmulatorProcess
 from devstack.relay import RelayProcess
-from transforms.nostr_event import validate_event
-from transforms.relay_publisher import RelayPublisher
-from transforms.relay_reader import fetch_events
+from transforms.nostr.event import validate_event
+from transforms.clients.relay.publisher import RelayPublisher
+from transforms.clients.relay.reader import fetch_events
 
 _LOG = logging.getLogger("devstack")
 TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"

@@ -21,23 +21,25 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
-from pipeline import replay
+from transforms.stages import replay
 from pipeline.options import MODE_REPLAY, MigrationOptions, parallel_instances, share, \
   split_relays
-from transforms import dead_letters as dl
-from transforms import sinks
-from transforms.bigquery_sinks import WriteDeadLettersToBigQuery, WriteResultsToBigQuery
-from transforms.bigquery_source import ReadVineRows
-from transforms.blurhash_stage import ComputeBlurhashFn
-from transforms.join import JoinOnVineId
-from transforms.migrate import MigrateVideoFn
-from transforms.migration_contract import RetryPolicy
-from transforms.publish import PublishEventsFn
-from transforms.records import KIND_32222, SHORT_VIDEO_KIND, VIDEO_KIND
-from transforms.relay_source import VIDEOS, ReadRelayEvents
-from transforms.row_lookup import LookupVineRowsFn
-from transforms.streaming import ReadStreamEvents
-from transforms.signing import BuildVideoEventFn, SignEventFn
+from transforms.runtime import outcomes as dl
+from transforms.io import local_files as sinks
+from transforms.io.dead_letters import ReadDeadLetters
+from transforms.io.bigquery_tables import WriteDeadLettersToBigQuery, WriteResultsToBigQuery
+from transforms.io.vine_rows import ReadVineRows
+from transforms.stages.blurhash import ComputeBlurhashFn
+from transforms.stages.join import JoinOnVineId
+from transforms.stages.migrate import MigrateVideoFn
+from transforms.clients.migration_contract import RetryPolicy
+from transforms.stages.publish import PublishEventsFn
+from transforms.core.records import KIND_32222, SHORT_VIDEO_KIND, VIDEO_KIND
+from transforms.io.relay_events import VIDEOS, ReadRelayEvents
+from transforms.io.row_lookup import LookupVineRowsFn
+from transforms.io.relay_stream import ReadStreamEvents
+from transforms.stages.build import BuildVideoEventFn
+from transforms.stages.sign import SignEventFn
 
 BIGQUERY_FAILED_ROWS_FILE = "bigquery_failed_rows.ndjson"
 PUBLISHED = "published"
@@ -103,7 +105,7 @@ def _streaming(p, opts, run_id, io) -> Dict[str, beam.PCollection]:
 def _replay(p, opts, run_id, io, events) -> Dict[str, beam.PCollection]:
   """Dead letters -> items entering at the stage that failed, refreshed from the relays."""
   items = (p
-           | "ReadDeadLetters" >> replay.ReadDeadLetters(opts.replay_from, raw=io.raw_dead_letters)
+           | "ReadDeadLetters" >> ReadDeadLetters(opts.replay_from, raw=io.raw_dead_letters)
            | "ToReplayItems" >> beam.ParDo(replay.ToReplayItemFn(
                replay.parse_replay_filter(opts.replay_filter))).with_outputs(
                    dl.SKIPPED, main="main"))

@@ -12,14 +12,14 @@
     python -m pipeline.keys check --db enc.db --kek env:MIGRATION_KEK
 
 `encrypt` copies the table `user_migrations` (schema and indexes as in the input)
-with every private key stored as `enc:v1:...` (see transforms/key_crypto.py). Each
+with every private key stored as `enc:v1:...` (see transforms/keys/crypto.py). Each
 row is validated first: the private key (hex or nsec, or an `enc:v1` value under
 the same KEK) must derive the stored public key. Bad rows are reported on stderr
 by row number and username and left out, unless `--keep-bad` keeps them (their
 private key encrypted as stored, or NULL when the public key is unusable, so the
 output never holds a plaintext key). The output is written with mode 0600 and an
 existing output is never overwritten. `--kek` takes any source spec of
-transforms/key_crypto.py (env:, file:, gcp-secret:, gcp-kms:), never a key.
+transforms/keys/crypto.py (env:, file:, gcp-secret:, gcp-kms:), never a key.
 
 No command prints key material, except `generate-kek` without `--out`, whose only
 stdout line is the new KEK.
@@ -38,10 +38,10 @@ import sys
 import tempfile
 from typing import List, Optional, Tuple
 
-from transforms.key_crypto import KEK_BYTES, SPEC_HELP, Decryptor, KekError, is_encrypted, \
+from transforms.keys.crypto import KEK_BYTES, SPEC_HELP, Decryptor, KekError, is_encrypted, \
   load_kek
-from transforms.key_store import KeyStore, KeyStoreError
-from transforms.nostr_event import KeyError_, derive_public_key, parse_private_key, \
+from transforms.keys.store import KeyStore, KeyStoreError
+from transforms.nostr.event import KeyError_, derive_public_key, parse_private_key, \
   parse_public_key
 
 TABLE = "user_migrations"

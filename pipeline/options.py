@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions, \
   StandardOptions, WorkerOptions
 
-from transforms.records import KIND_32222, KIND_34236, KIND_BOTH
+from transforms.core.records import KIND_32222, KIND_34236, KIND_BOTH
 
 TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
 DEFAULT_CDN = "https://cdn.divine.video"
@@ -218,7 +218,7 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
   check_http_url("--migration-api", opts.migration_api)
   check_http_url("--cdn-base", opts.cdn_base)
   if opts.token_secret:
-    from transforms.secret_values import SecretError, check_secret_spec  # pylint: disable=import-outside-toplevel
+    from transforms.clients.secrets import SecretError, check_secret_spec  # pylint: disable=import-outside-toplevel
     try:
       check_secret_spec(opts.token_secret, "--token-secret")
     except SecretError as exc:
@@ -231,12 +231,12 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
   if not opts.keys_db.startswith("gs://") and not os.path.isfile(opts.keys_db):
     raise ConfigError("--keys-db: %s does not exist" % opts.keys_db)
   if opts.kek and opts.kek.split(":", 1)[0] in ("env", "file"):
-    from transforms.key_crypto import KekError, load_kek  # pylint: disable=import-outside-toplevel
+    from transforms.keys.crypto import KekError, load_kek  # pylint: disable=import-outside-toplevel
     try:
       load_kek(opts.kek)
     except KekError as exc:
       raise ConfigError("--kek: %s" % exc) from None
-  from transforms.bigquery_sinks import (  # pylint: disable=import-outside-toplevel
+  from transforms.io.bigquery_tables import (  # pylint: disable=import-outside-toplevel
       DEAD_LETTER_TABLE_FLAG, RESULTS_TABLE_FLAG, parse_table_spec)
   for flag, value in ((DEAD_LETTER_TABLE_FLAG, opts.dead_letter_table),
                       (RESULTS_TABLE_FLAG, opts.results_table)):
@@ -248,7 +248,7 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
   if opts.events_file and not os.path.isfile(opts.events_file):
     raise ConfigError("--events-file: %s does not exist" % opts.events_file)
   if opts.mode == MODE_REPLAY:
-    from pipeline.replay import ReplayFilterError, parse_replay_filter  # pylint: disable=import-outside-toplevel
+    from transforms.stages.replay import ReplayFilterError, parse_replay_filter  # pylint: disable=import-outside-toplevel
     if not opts.replay_from:
       raise ConfigError("--replay-from: required with --mode replay")
     if not opts.replay_from.startswith("bq:"):

@@ -27,7 +27,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from transforms import accounting
+from transforms.runtime import accounting
 
 _LOG = logging.getLogger("vine_migration")
 

@@ -34,12 +34,12 @@ from typing import Any, Dict, List, Optional, Sequence
 from pipeline.run_outputs import OUTPUT_FILES, ReportError, RunOutputs, find_run_dir, \
   join_path, load_run, migrated_counts, recent_failures, select_dead, top_errors, totals, \
   vine_status
-from transforms import dead_letters as dl
-from transforms.sinks import DEAD_LETTERS_FILE, SUMMARY_FILE
+from transforms.runtime import outcomes as dl
+from transforms.io.local_files import DEAD_LETTERS_FILE, SUMMARY_FILE
 
 _LOG = logging.getLogger(__name__)
 
-# Stages whose dead letters a replay cannot run (pipeline/replay.py ENTRY_STAGE).
+# Stages whose dead letters a replay cannot run (transforms/stages/replay.py ENTRY_STAGE).
 NOT_REPLAYABLE_STAGES = (dl.STAGE_READ_ROWS, dl.STAGE_READ_EVENTS, dl.STAGE_JOIN)
 # Flags of the original run a replay must not repeat, with whether they take a value:
 # the mode and its inputs are the replay's own, a run id is generated per run, and a
@@ -96,7 +96,7 @@ def strip_flags(argv: Sequence[str], flags: Sequence[str] = DROPPED_FLAGS) -> Li
 
 
 def replay_filter_text(error_class: Optional[str] = None, stage: Optional[str] = None) -> str:
-  """The --replay-filter value for a class and/or stage (see pipeline/replay.py)."""
+  """The --replay-filter value for a class and/or stage (see transforms/stages/replay.py)."""
   parts = []
   if stage:
     parts.append("stage=" + stage)

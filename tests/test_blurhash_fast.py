@@ -1,4 +1,4 @@
-"""Tests for transforms.blurhash_fast: exact agreement with `blurhash.encode`, safe decoding."""
+"""Tests for transforms.media.blurhash: exact agreement with `blurhash.encode`, safe decoding."""
 
 import io
 import math
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transforms import blurhash_fast
-from transforms.blurhash_fast import ThumbnailError, blurhash_for_thumbnail, encode, thumbnail_pixels
+from transforms.media import blurhash as blurhash_fast
+from transforms.media.blurhash import ThumbnailError, blurhash_for_thumbnail, encode, thumbnail_pixels
 
 
 def _reference(arr, x=4, y=3):

@@ -33,9 +33,9 @@ from apache_beam.runners.dataflow.internal import apiclient
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
 from tests.conftest import offline_and_bounded
 from pipeline.options import MigrationOptions
-from transforms import bigquery_sinks as bqs
-from transforms.bigquery_source import seed_query
-from transforms.nostr_event import derive_public_key, generate_private_key, nsec_encode
+from transforms.io import bigquery_tables as bqs
+from transforms.io.vine_rows import seed_query
+from transforms.nostr.event import derive_public_key, generate_private_key, nsec_encode
 
 TEST_SECONDS = 120
 TOKEN = "tok-3f9c2a-NEVER-IN-THE-GRAPH"
@@ -342,6 +342,6 @@ def test_setup_file_package_builds_and_stages_offline(env, tmp_path):
   _write_job_file(job, tmp_path / "staging")
   with tarfile.open(tmp_path / "staging" / "workflow.tar.gz") as tar:
     members = [m.split("/", 1)[1] for m in tar.getnames() if "/" in m]
-  for module in ("pipeline/graph.py", "transforms/bigquery_sinks.py", "setup.py"):
+  for module in ("pipeline/graph.py", "transforms/io/bigquery_tables.py", "setup.py"):
     assert module in members
   assert not [m for m in members if m.startswith("tests/")]

@@ -13,8 +13,8 @@ import pytest
 
 from devstack.stack import LocalStack, publish_events
 from tests.conftest import read_ndjson, run_pipeline
-from transforms.key_store import KeyStore
-from transforms.nostr_event import first_tag_value, validate_event
+from transforms.keys.store import KeyStore
+from transforms.nostr.event import first_tag_value, validate_event
 
 pytestmark = pytest.mark.integration
 

@@ -39,10 +39,10 @@ from devstack.stack import LocalStack
 from pipeline import main as pipeline_main
 from tests.conftest import read_ndjson, run_pipeline
 from tests.ws_server import ThreadedServer
-from transforms import signing
-from transforms.blurhash_fast import DecoderCrash, IsolatedDecoder, ThumbnailError
-from transforms.nostr_event import first_tag_value, validate_event
-from transforms.relay_reader import fetch_events
+from transforms.stages import build
+from transforms.media.blurhash import DecoderCrash, IsolatedDecoder, ThumbnailError
+from transforms.nostr.event import first_tag_value, validate_event
+from transforms.clients.relay.reader import fetch_events
 
 pytestmark = pytest.mark.integration
 
@@ -146,7 +146,7 @@ def _run_with_token(stack, out_dir, token, extra=()):
 
 def test_decoder_crash_and_hang_cost_one_image_not_the_worker():
   from devstack.emulator import _make_bomb, _make_thumbnail  # pylint: disable=import-outside-toplevel
-  from transforms.blurhash_fast import blurhash_for_thumbnail  # pylint: disable=import-outside-toplevel
+  from transforms.media.blurhash import blurhash_for_thumbnail  # pylint: disable=import-outside-toplevel
   good = _make_thumbnail("a" * 32)
   crashing = IsolatedDecoder("tests.hostile.crashers:segfault")
   hanging = IsolatedDecoder("tests.hostile.crashers:hang", timeout=0.5)
@@ -480,7 +480,7 @@ def test_rerun_brings_a_relay_that_refused_up_to_date(relay_stack, relay_reply_r
     assert record["event_id"] == record["previous_event_id"]
     assert record["relays"] == sorted(relay_stack.relay_urls)
   assert summary["skipped"] == {"up_to_date": len(vids) - len(behind)}
-  assert summary["counters"][signing.CATCH_UP] == len(behind)
+  assert summary["counters"][build.CATCH_UP] == len(behind)
   held = {_d(e): e for e in relay_stack.relay_events(1)}
   assert all(_migrated(held[v]) for v in behind)
   for index in (0, 1):

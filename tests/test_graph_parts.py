@@ -7,12 +7,12 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 
-from transforms import dead_letters as dl
-from transforms.concurrency import AsyncDoFn
-from transforms.join import JoinOnVineId
-from transforms.nostr_event import Signer, generate_private_key
-from transforms.records import parse_row
-from transforms.relay_source import ReadRelayEvents
+from transforms.runtime import outcomes as dl
+from transforms.runtime.async_dofn import AsyncDoFn
+from transforms.stages.join import JoinOnVineId
+from transforms.nostr.event import Signer, generate_private_key
+from transforms.core.records import parse_row
+from transforms.io.relay_events import ReadRelayEvents
 
 A = Signer(generate_private_key())
 B = Signer(generate_private_key())
@@ -49,7 +49,7 @@ def test_join_outcomes():
   ev1 = _ev(A, "MYxVapFvz2z", 100)
   ev2 = _ev(B, "MYxVapFvz2z", 100)
   ev3 = _ev(A, "e192BnZnZ9V", 100)
-  from transforms.records import to_source_event
+  from transforms.core.records import to_source_event
   rows = [parse_row({"vineId": "MYxVapFvz2z", "loops": 1}),
           parse_row({"vineId": "5002wXwQOKX", "loops": 2})]
   with TestPipeline() as p:

@@ -32,12 +32,12 @@ import pytest
 from devstack.stack import LocalStack, publish_events
 from tests.conftest import read_ndjson, run_pipeline
 from tests.hostile import make_corpus
-from transforms.event_builder import MAX_CONTENT_BYTES, MAX_EVENT_BYTES, MAX_HASHTAGS, \
+from transforms.nostr.video_event import MAX_CONTENT_BYTES, MAX_EVENT_BYTES, MAX_HASHTAGS, \
   MAX_TAG_BYTES
-from transforms.nostr_event import first_tag_value, validate_event
-from transforms.records import json_safe
-from transforms.relay_reader import fetch_events
-from transforms.relay_source import event_problem
+from transforms.nostr.event import first_tag_value, validate_event
+from transforms.core.records import json_safe
+from transforms.clients.relay.reader import fetch_events
+from transforms.io.relay_events import event_problem
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import os
 import pytest
 
 from tests.conftest import read_ndjson, run_pipeline
-from transforms.nostr_event import first_tag_value, validate_event
+from transforms.nostr.event import first_tag_value, validate_event
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline import keys as keys_cli
-from transforms import key_crypto as kc
-from transforms import nostr_event as ne
+from transforms.keys import crypto as kc
+from transforms.nostr import event as ne
 from tests.conftest import make_keys_db
-from transforms.key_store import NO_KEK_REASON, KeyStore
+from transforms.keys.store import NO_KEK_REASON, KeyStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,7 +113,7 @@ def test_decryptor_never_pickles_or_prints_kek():
 
 def test_module_import_needs_no_gcp_libraries():
   # (an installed nspkg .pth preloads the empty `google.cloud` namespace itself)
-  code = ("import sys, transforms.key_crypto, transforms.key_store; "
+  code = ("import sys, transforms.keys.crypto, transforms.keys.store; "
           "bad = [m for m in sys.modules if m.startswith(('google.cloud.', 'apache_beam'))]; "
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
@@ -397,7 +397,7 @@ def test_cli_generate_kek(tmp_path):
   lines = result.stdout.splitlines()
   assert len(lines) == 1 and len(base64.b64decode(lines[0], validate=True)) == 32
   env = dict(os.environ, MIGRATION_KEK=lines[0])
-  assert subprocess.run([sys.executable, "-c", "from transforms.key_crypto import load_kek; "
+  assert subprocess.run([sys.executable, "-c", "from transforms.keys.crypto import load_kek; "
                          "assert len(load_kek('env:MIGRATION_KEK')) == 32"], cwd=ROOT,
                         env=env, check=True).returncode == 0
   out = tmp_path / "kek.b64"

@@ -6,9 +6,9 @@ import pickle
 import pytest
 
 from tests.conftest import make_keys_db
-from transforms import dead_letters as dl
-from transforms import nostr_event as ne
-from transforms.key_store import KeyStore, KeyStoreError
+from transforms.runtime import outcomes as dl
+from transforms.nostr import event as ne
+from transforms.keys.store import KeyStore, KeyStoreError
 
 
 def test_sign_and_validate_round_trip_with_unicode():
@@ -102,7 +102,7 @@ def test_dead_letter_shape_and_sanitising():
 
 
 def test_throttling_seconds_keep_their_fractions(monkeypatch):
-  from transforms import accounting
+  from transforms.runtime import accounting
   added = []
   monkeypatch.setattr(accounting, "inc", lambda name, n=1: added.append((name, n)))
   monkeypatch.setattr(accounting, "_fractions", {})

@@ -17,10 +17,10 @@ import pytest
 from devstack.stack import LocalStack
 from tests.conftest import read_ndjson, run_pipeline
 from tests.ws_server import ThreadedServer
-from transforms.concurrency import CappedLog, stage_line
-from transforms.nostr_event import Signer, generate_private_key
-from transforms.relay_outcomes import OUTCOME_ACCEPTED, OUTCOME_PERMANENT
-from transforms.relay_publisher import RelayPublisher
+from transforms.runtime.logs import CappedLog, stage_line
+from transforms.nostr.event import Signer, generate_private_key
+from transforms.clients.relay.outcomes import OUTCOME_ACCEPTED, OUTCOME_PERMANENT
+from transforms.clients.relay.publisher import RelayPublisher
 
 
 def _planted_vines(stack):
@@ -125,7 +125,7 @@ def test_a_relay_reconnect_is_logged_once_with_the_relay_and_reason(caplog):
   events = [signer.sign({"created_at": 1700000000 + i, "kind": 1, "tags": [],
                          "content": "n %d%s" % (i, " refuse" if i % 2 else "")})
             for i in range(5)]
-  with _DroppingRelay() as relay, caplog.at_level(logging.DEBUG, "transforms.relay_publisher"):
+  with _DroppingRelay() as relay, caplog.at_level(logging.DEBUG, "transforms.clients.relay.publisher"):
     with RelayPublisher(relay.url, sleep=lambda s: None) as pub:
       for event in events:
         pub.submit(event)

@@ -1,5 +1,5 @@
-"""Tests of transforms.migration_contract (pure classification and retry logic) and
-transforms.migration_api (the client against a scripted in-process aiohttp server on 127.0.0.1)."""
+"""Tests of transforms.clients.migration_contract (pure classification and retry logic) and
+transforms.clients.migration_api (the client against a scripted in-process aiohttp server on 127.0.0.1)."""
 
 import asyncio
 import datetime
@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from transforms import migration_api as api
-from transforms import migration_contract as contract
+from transforms.clients import migration_api as api
+from transforms.clients import migration_contract as contract
 
 TOKEN = "s3cr3t-token-value-0123456789"
 CDN = "https://cdn.example.test"

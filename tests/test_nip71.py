@@ -5,13 +5,14 @@ import re
 
 import pytest
 
-from pipeline import replay
-from transforms import dead_letters as dl
-from transforms import nip71_event, records
-from transforms.migrate import reuse_migration
-from transforms.nostr_event import Signer, generate_private_key, validate_event
-from transforms.publish import result_record
-from transforms.signing import BuildVideoEventFn, plan_event
+from transforms.stages import replay
+from transforms.runtime import outcomes as dl
+from transforms.nostr import short_video_event as nip71_event
+from transforms.core import records
+from transforms.stages.migrate import reuse_migration
+from transforms.nostr.event import Signer, generate_private_key, validate_event
+from transforms.stages.publish import result_record
+from transforms.stages.build import BuildVideoEventFn, plan_event
 
 UID = "0123456789abcdef0123456789abcdef"
 SHA = "ab" * 32

@@ -20,8 +20,9 @@ from pipeline import main as pipeline_main
 from pipeline import progress
 from pipeline.options import MigrationOptions
 from tests.conftest import run_pipeline
-from transforms import accounting, secret_values
-from transforms import dead_letters as dl
+from transforms.runtime import accounting
+from transforms.clients import secrets as secret_values
+from transforms.runtime import outcomes as dl
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _ROW = re.compile(r"^(read|migrated|published|skipped|dead-lettered|finished)\s+(\d+)", re.M)

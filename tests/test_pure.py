@@ -2,8 +2,12 @@
 
 import pytest
 
-from transforms import event_builder, hashtags, records
-from transforms.nostr_event import Signer, generate_private_key, validate_event
+from transforms.nostr import video_event as event_builder
+
+from transforms.core import hashtags
+
+from transforms.core import records
+from transforms.nostr.event import Signer, generate_private_key, validate_event
 
 UID = "0123456789abcdef0123456789abcdef"
 

@@ -1,4 +1,4 @@
-"""Tests for transforms.relay_reader and transforms.relay_publisher against real LocalRelay
+"""Tests for transforms.clients.relay.reader and transforms.clients.relay.publisher against real LocalRelay
 processes (devstack.relay).
 
 The retry paths that a real relay does not produce on demand (rate-limited,
@@ -18,19 +18,19 @@ from websockets.sync.server import serve
 
 from devstack.relay import RelayProcess, free_port
 from tests.ws_server import ThreadedServer
-from transforms import records
-from transforms.nostr_event import Signer, generate_private_key
-from transforms.publish import PublishEventsFn
-from transforms.relay_client import validate_relay_url
-from transforms.relay_outcomes import (
+from transforms.core import records
+from transforms.nostr.event import Signer, generate_private_key
+from transforms.stages.publish import PublishEventsFn
+from transforms.clients.relay.common import validate_relay_url
+from transforms.clients.relay.outcomes import (
     OUTCOME_ACCEPTED,
     OUTCOME_DUPLICATE,
     OUTCOME_PERMANENT,
     OUTCOME_TRANSIENT_EXHAUSTED,
 )
-from transforms.relay_publisher import RelayPublisher
-from transforms.relay_reader import fetch_events
-from transforms.records import WorkItem
+from transforms.clients.relay.publisher import RelayPublisher
+from transforms.clients.relay.reader import fetch_events
+from transforms.core.records import WorkItem
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_fetch_stops_when_one_second_holds_more_than_a_page(relay, caplog):
   signer = Signer(generate_private_key())
   events = _events(signer, 7, per_second=7)  # all in one second
   assert all(r.accepted for r in _publish(relay.url, events))
-  with caplog.at_level(logging.WARNING, logger="transforms.relay_reader"):
+  with caplog.at_level(logging.WARNING, logger="transforms.clients.relay.reader"):
     fetched = list(fetch_events(relay.url, {"authors": [signer.pubkey]}, page_size=3))
   assert len(fetched) == 3
   assert "may hold more events" in caplog.text

@@ -1,4 +1,4 @@
-"""Tests for transforms.relay_subscription against real LocalRelay processes (devstack.relay).
+"""Tests for transforms.io.relay_subscription against real LocalRelay processes (devstack.relay).
 
 The FnApiRunner behind the DirectRunner cannot run an unbounded SDF through a
 GroupByKey, so the subscription client is tested directly and the SDF's
@@ -23,11 +23,11 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from websockets.sync.server import serve
 
 from devstack.relay import RelayProcess
-from transforms.accounting import NAMESPACE
-from transforms.nostr_event import Signer, generate_private_key
-from transforms.records import VIDEO_KIND
-from transforms.relay_publisher import RelayPublisher
-from transforms.relay_subscription import (
+from transforms.runtime.accounting import NAMESPACE
+from transforms.nostr.event import Signer, generate_private_key
+from transforms.core.records import VIDEO_KIND
+from transforms.clients.relay.publisher import RelayPublisher
+from transforms.io.relay_subscription import (
     MAX_POSITION,
     OWN_EVENTS_IGNORED,
     ReadRelaySubscriptionFn,

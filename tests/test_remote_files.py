@@ -4,8 +4,8 @@ import io
 import os
 import stat
 
-from transforms import remote_files
-from transforms.remote_files import local_path
+from apache_beam.io.filesystems import FileSystems
+from transforms.keys.remote_files import local_path
 
 
 def test_local_path_is_used_as_is(tmp_path):
@@ -23,7 +23,7 @@ def test_remote_file_is_copied_privately_and_removed(monkeypatch):
     opened.append(path)
     return io.BytesIO(b"sqlite bytes")
 
-  monkeypatch.setattr(remote_files.FileSystems, "open", fake_open)
+  monkeypatch.setattr(FileSystems, "open", fake_open)
   with local_path("gs://bucket/keys.db") as path:
     assert opened == ["gs://bucket/keys.db"]
     assert "://" not in path

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from devstack.stack import LocalStack
-from pipeline import replay
+from transforms.stages import replay
 from tests.conftest import read_ndjson, run_pipeline
 
 pytestmark = pytest.mark.integration

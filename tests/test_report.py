@@ -13,7 +13,7 @@ import pytest
 
 from pipeline import main as pipeline_main
 from pipeline import report, run_outputs
-from transforms import sinks
+from transforms.io import local_files as sinks
 from tests.conftest import read_ndjson, run_pipeline
 
 RETRY_FLAGS = ["--retry-base-delay", "0.01", "--api-timeout", "5"]

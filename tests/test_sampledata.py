@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from devstack import sampledata
-from transforms.nostr_event import (derive_public_key, first_tag_value, parse_private_key,
+from transforms.nostr.event import (derive_public_key, first_tag_value, parse_private_key,
                                     tag_values, validate_event)
 
 VINE_ID = re.compile(r"^[0-9A-Za-z]{11}$")

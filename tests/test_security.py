@@ -59,19 +59,19 @@ from pipeline import keys as keys_cli
 from pipeline import main as pipeline_main
 from pipeline.graph import attach_local_sinks, build_graph
 from pipeline.options import ConfigError, MigrationOptions, check_relay_url, validate
-from transforms import accounting
-from transforms import blurhash_stage as bs
-from transforms import dead_letters as dl
-from transforms import migration_api as m
-from transforms import migration_contract as mc
-from transforms import secret_values as sv
-from transforms.key_store import KeyStore
-from transforms.migrate import MigrateVideoFn
-from transforms.nostr_event import Signer, nsec_encode, parse_private_key
-from transforms.records import BadInput, SourceEvent, WorkItem, extract_vine_id, parse_row
-from transforms.relay_client import validate_relay_url
-from transforms.relay_publisher import RelayPublisher
-from transforms.relay_reader import fetch_events
+from transforms.runtime import accounting
+from transforms.stages import blurhash as bs
+from transforms.runtime import outcomes as dl
+from transforms.clients import migration_api as m
+from transforms.clients import migration_contract as mc
+from transforms.clients import secrets as sv
+from transforms.keys.store import KeyStore
+from transforms.stages.migrate import MigrateVideoFn
+from transforms.nostr.event import Signer, nsec_encode, parse_private_key
+from transforms.core.records import BadInput, SourceEvent, WorkItem, extract_vine_id, parse_row
+from transforms.clients.relay.common import validate_relay_url
+from transforms.clients.relay.publisher import RelayPublisher
+from transforms.clients.relay.reader import fetch_events
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
@@ -925,7 +925,7 @@ def _tiny_db(path, mode):
 def test_key_store_warns_about_a_keys_db_open_to_group_or_others(tmp_path, caplog, mode, warned):
   path = str(tmp_path / "keys.db")
   priv = _tiny_db(path, mode)
-  caplog.set_level(logging.WARNING, logger="transforms.key_store")
+  caplog.set_level(logging.WARNING, logger="transforms.keys.store")
   assert len(KeyStore.load(path)) == 1
   assert ("accessible by group or others" in caplog.text) == warned
   assert priv not in caplog.text
@@ -1011,8 +1011,8 @@ def test_secret_manager_failures_and_empty_secrets_name_the_secret_not_the_value
 
 
 def test_secret_manager_is_imported_only_when_a_secret_is_named():
-  code = ("import sys, transforms.secret_values, transforms.migration_contract, "
-          "transforms.migration_api; "
+  code = ("import sys, transforms.clients.secrets, transforms.clients.migration_contract, "
+          "transforms.clients.migration_api; "
           "print('google.cloud.secretmanager' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        check=True, env=dict(os.environ, PYTHONPATH=ROOT))

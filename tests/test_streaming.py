@@ -16,8 +16,8 @@ from devstack.stack import LocalStack
 from pipeline.graph import DEAD_LETTERS, PUBLISHED, SKIPPED, IOSet, build_graph
 from pipeline.options import MigrationOptions
 from tests.conftest import read_ndjson
-from transforms.key_store import KeyStore
-from transforms.nostr_event import Signer, first_tag_value, generate_private_key
+from transforms.keys.store import KeyStore
+from transforms.nostr.event import Signer, first_tag_value, generate_private_key
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from typing import Any, Dict, List
 
 import coincurve
 
-from transforms.nostr_event import compute_event_id, npub_encode, nsec_encode
+from transforms.nostr.event import compute_event_id, npub_encode, nsec_encode
 
 KIND = 32222
 CREATED_AT = 1750000000  # 2025-06-15: when OpenVine published its events

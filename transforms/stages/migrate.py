@@ -1,0 +1,160 @@
+"""MigrateVideo: copy each vine's video into Cloudflare Stream through the migration API.
+
+Input and main output: WorkItem. An item whose 32222 or 34236 event already carries this
+migration's tags reuses its Stream uid (no call) unless force_remigrate. Otherwise one
+`POST /v1/openvine/migrate` with the seed's retry policy, many in flight (AsyncDoFn).
+Permanent failures and exhausted retries are dead letters; a refused token stops
+the run (StopRun). Counters: `migrate_calls` (requests sent, retries included),
+`migrations_reused` (no call: the event already carries our tags).
+"""
+
+import logging
+from typing import Any, List, Optional
+
+from apache_beam.pvalue import TaggedOutput
+
+from transforms.runtime import accounting
+from transforms.runtime import outcomes as dl
+from transforms.clients import secrets as secret_values
+from transforms.runtime.async_dofn import AsyncDoFn
+from transforms.runtime.logs import CappedLog
+from transforms.runtime.outcomes import StopRun
+from transforms.nostr.video_event import existing_urls
+from transforms.clients.migration_api import MigrationClient
+from transforms.clients.migration_contract import RetryPolicy, sanitise_error, validate_openvine_id
+from transforms.nostr.short_video_event import short_video_urls
+from transforms.core.records import SKIP_NO_OPENVINE_ID, STREAM_UID_RE, WorkItem, usable_openvine_id
+
+_LOG = logging.getLogger(__name__)
+
+TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
+MIGRATE_CALLS = "migrate_calls"
+MIGRATIONS_REUSED = "migrations_reused"
+
+
+def monitor_migrated(item: WorkItem) -> str:
+  """The seed's monitor line MIGRATED,{vine_id},{stream_uid},{hls_url},{mp4_url}."""
+  urls = item.migration or {}
+  return "MIGRATED,%s,%s,%s,%s" % (item.vine_id, urls.get("uid") or "", urls.get("hls") or "",
+                                   urls.get("mp4") or "")
+
+
+def marked_uid(item: WorkItem) -> Optional[str]:
+  """The Stream uid this migration already gave the vine: on its 32222 or its 34236 event."""
+  if item.source.migrated_uid:
+    return item.source.migrated_uid
+  return item.video.migrated_uid if item.video is not None else None
+
+
+def reuse_migration(item: WorkItem, cdn_base: str) -> WorkItem:
+  """URLs for an already-migrated vine: its events' own tags, else the CDN templates."""
+  uid = marked_uid(item)
+  have = existing_urls(item.source.event) if item.source.migrated_uid == uid else {}
+  video = (short_video_urls(item.video.event)
+           if item.video is not None and item.video.migrated_uid == uid else {})
+  base = cdn_base.rstrip("/")
+
+  def pick(key: str, template: Optional[str]) -> Optional[str]:
+    return have.get(key) or video.get(key) or template
+
+  urls = {
+      "uid": uid,
+      "hls": pick("hls", "%s/%s/manifest/video.m3u8" % (base, uid)),
+      "dash": pick("dash", "%s/%s/manifest/video.mpd" % (base, uid)),
+      "mp4": pick("mp4", "%s/%s/downloads/default.mp4" % (base, uid)),
+      "thumbnail": pick("thumbnail", "%s/%s/thumbnails/thumbnail.jpg" % (base, uid)),
+      "animated_thumbnail": pick("animated_thumbnail",
+                                 "%s/%s/thumbnails/thumbnail.gif" % (base, uid)),
+      "sha256": pick("sha256", None),
+      "blossom": pick("blossom", None),
+      "api_status": "reused",
+  }
+  return item.replace(migration=urls, blurhash=item.blurhash or pick("blurhash", None))
+
+
+class MigrateVideoFn(AsyncDoFn):
+  """WorkItem -> WorkItem with `migration` set; tagged dead letters, skips, monitor lines."""
+
+  def __init__(self, api_url: str, cdn_base: str, run_id: str, max_in_flight: int,
+               policy: RetryPolicy = RetryPolicy(), force_remigrate: bool = False,
+               token_env: str = TOKEN_ENV, token_secret: str = "", sleep=None):
+    super().__init__(max_in_flight)
+    self._api_url = api_url
+    self._cdn_base = cdn_base
+    self._run_id = run_id
+    self._policy = policy
+    self._force = force_remigrate
+    self._token_env = token_env
+    self._token_secret = token_secret  # a Secret Manager name, never the token
+    self._sleep = sleep
+
+  async def async_setup(self):
+    # The token is read here, on the worker: from Secret Manager when a secret is
+    # named (Dataflow), else from the environment. It never passes a constructor.
+    try:
+      token = secret_values.resolve_token(self._token_env, self._token_secret or None)
+    except secret_values.SecretError as exc:
+      raise StopRun("migration API token: %s" % exc) from None
+    kwargs = {"sleep": self._sleep} if self._sleep else {}
+    self._client = MigrationClient(self._api_url, token, self._cdn_base, policy=self._policy,
+                                   max_connections=self._max_in_flight, **kwargs)
+    await self._client.start()
+
+  def ready_details(self):
+    return {"api": self._api_url, "force_remigrate": self._force}
+
+  async def async_teardown(self):
+    await self._client.close()
+
+  def _dead(self, item: WorkItem, error_class: str, error: str, **kwargs) -> List[Any]:
+    accounting.dead_lettered(dl.STAGE_MIGRATE)
+    accounting.inc(accounting.FAILED_MIGRATIONS)
+    return [TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
+        self._run_id, dl.STAGE_MIGRATE, error_class, error, item, **kwargs))]
+
+  async def handle(self, item: WorkItem) -> List[Any]:
+    if marked_uid(item) and not self._force:
+      accounting.inc(accounting.VIDEOS_ALREADY_MIGRATED)
+      accounting.inc(MIGRATIONS_REUSED)
+      return [reuse_migration(item, self._cdn_base)]
+    if not item.openvine_id:
+      accounting.skipped(SKIP_NO_OPENVINE_ID)
+      return [TaggedOutput(dl.SKIPPED, dl.make_skip(dl.STAGE_MIGRATE, SKIP_NO_OPENVINE_ID,
+                                                     item.vine_id, item.event_id))]
+    try:
+      openvine_id = validate_openvine_id(item.openvine_id, permissive=True)
+      if not usable_openvine_id(openvine_id):
+        raise ValueError("openvine id must not start with a dot")
+    except ValueError as exc:
+      shown = sanitise_error(repr(item.openvine_id))[:80]
+      return self._dead(item, dl.BAD_INPUT, "openvine id %s refused: %s" % (shown, exc))
+    result = await self._client.migrate(item.vine_id, openvine_id)
+    if result.kind == "config":
+      # Before any counter: increments made off a Beam thread wait for a flush that a
+      # stopped run never does, and would leak into the next run of the same process.
+      raise StopRun("migration API: %s" % result.error)
+    accounting.inc(MIGRATE_CALLS, result.attempts)
+    accounting.add_seconds(accounting.THROTTLING_SECONDS, result.throttled_seconds)
+    timing = {"attempts": result.attempts, "first_failure": result.first_failure,
+              "last_failure": result.last_failure}
+    if result.kind == "permanent":
+      return self._dead(item, dl.PERMANENT, result.error, **timing)
+    if result.kind != "success":
+      return self._dead(item, dl.TRANSIENT_EXHAUSTED, result.error, **timing)
+    urls = dict(result.urls or {})
+    if not STREAM_UID_RE.match(urls.get("uid") or ""):
+      return self._dead(item, dl.PERMANENT, "API answered without a valid Stream uid", **timing)
+    if result.api_status == "already_migrated":
+      accounting.inc(accounting.VIDEOS_ALREADY_MIGRATED)
+      migrated = item.replace(migration=urls)
+    else:
+      accounting.inc(accounting.VIDEOS_MIGRATED)
+      migrated = item.replace(migration=urls, newly_migrated=True)
+    return [migrated, TaggedOutput(dl.MONITOR, monitor_migrated(migrated))]
+
+  def on_unexpected(self, item: WorkItem, exc: BaseException) -> List[Any]:
+    if getattr(self, "_unexpected_log", None) is None:  # made here: a lock does not pickle
+      self._unexpected_log = CappedLog(_LOG, "unexpected migrate errors")
+    self._unexpected_log.log("migrate %s: unexpected %s", item.vine_id, type(exc).__name__)
+    return self._dead(item, dl.TRANSIENT_EXHAUSTED,
+                      "unexpected error: %s" % sanitise_error(exc))
