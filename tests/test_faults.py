@@ -38,7 +38,7 @@ from devstack.relay import RelayProcess, free_port
 from devstack.stack import LocalStack
 from pipeline import main as pipeline_main
 from tests.conftest import read_ndjson, run_pipeline
-from tests.ws_server import ThreadedServer
+from tests.support.ws_server import ThreadedServer
 from transforms.stages import build
 from transforms.media.blurhash import DecoderCrash, IsolatedDecoder, ThumbnailError
 from transforms.nostr.event import first_tag_value, validate_event
@@ -148,8 +148,8 @@ def test_decoder_crash_and_hang_cost_one_image_not_the_worker():
   from devstack.emulator import _make_bomb, _make_thumbnail  # pylint: disable=import-outside-toplevel
   from transforms.media.blurhash import blurhash_for_thumbnail  # pylint: disable=import-outside-toplevel
   good = _make_thumbnail("a" * 32)
-  crashing = IsolatedDecoder("tests.hostile.crashers:segfault")
-  hanging = IsolatedDecoder("tests.hostile.crashers:hang", timeout=0.5)
+  crashing = IsolatedDecoder("tests.support.hostile.crashers:segfault")
+  hanging = IsolatedDecoder("tests.support.hostile.crashers:hang", timeout=0.5)
   decoder = IsolatedDecoder()
   try:
     with pytest.raises(DecoderCrash, match="died"):

@@ -1,6 +1,6 @@
 """Hostile input through the whole pipeline: a clear dead letter, a named skip or a clean event.
 
-The corpus is tests/hostile/make_corpus.py (events, rows and keys-database rows, one
+The corpus is tests/support/hostile/make_corpus.py (events, rows and keys-database rows, one
 record per case). Events a real relay takes are published to the relay first; the
 rest (bad ids and signatures, text serialisers disagree on, an expired event, 200 KB)
 reach the pipeline through --events-file, as a relay export would. EXPECTED below
@@ -31,7 +31,7 @@ import pytest
 
 from devstack.stack import LocalStack, publish_events
 from tests.conftest import read_ndjson, run_pipeline
-from tests.hostile import make_corpus
+from tests.support.hostile import make_corpus
 from transforms.nostr.video_event import MAX_CONTENT_BYTES, MAX_EVENT_BYTES, MAX_HASHTAGS, \
   MAX_TAG_BYTES
 from transforms.nostr.event import first_tag_value, validate_event

@@ -16,7 +16,7 @@ import pytest
 
 from devstack.stack import LocalStack
 from tests.conftest import read_ndjson, run_pipeline
-from tests.ws_server import ThreadedServer
+from tests.support.ws_server import ThreadedServer
 from transforms.runtime.logs import CappedLog, stage_line
 from transforms.nostr.event import Signer, generate_private_key
 from transforms.clients.relay.outcomes import OUTCOME_ACCEPTED, OUTCOME_PERMANENT

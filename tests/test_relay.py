@@ -17,7 +17,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from websockets.sync.server import serve
 
 from devstack.relay import RelayProcess, free_port
-from tests.ws_server import ThreadedServer
+from tests.support.ws_server import ThreadedServer
 from transforms.core import records
 from transforms.nostr.event import Signer, generate_private_key
 from transforms.stages.publish import PublishEventsFn

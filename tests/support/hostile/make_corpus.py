@@ -3,7 +3,7 @@
 tests/test_hostile_input.py builds its inputs from these functions (and holds the
 expected outcome of every case); to look at the corpus as files:
 
-    .venv/bin/python -m tests.hostile.make_corpus --out /tmp/hostile
+    .venv/bin/python -m tests.support.hostile.make_corpus --out /tmp/hostile
 
 writes events.ndjson, rows.ndjson and keys.ndjson there. Every record is
 `{"case": <name>, ...}` with the input under "event", "row" or "raw_line" (a line
