@@ -44,6 +44,7 @@ import requests
 
 from bench.cdn import CdnProcess
 from devstack.stack import LocalStack
+from transforms.runtime import accounting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_TARGET = 500.0  # events/s on 2 cores, from issue 6
@@ -236,7 +237,7 @@ def run_pipeline(stack: LocalStack, scenario: Scenario, out_dir: str, extra: Lis
       "api_limit": scenario.api_limit, "exit_code": proc.returncode,
       "balanced": summary.get("balanced"), "vines_in": summary.get("vines_in"),
       "published": published, "wall_s": round(wall, 2), "events_per_s": round(eps, 1),
-      "events_read": int(summary.get("counters", {}).get("events_read", 0)),
+      "events_read": int(summary.get("counters", {}).get(accounting.EVENTS_READ, 0)),
       "migrate_calls": calls,
       "migrate_steady_per_s": round(steady, 1) if steady else None,
       "first_call_s": round(t_first, 1) if t_first is not None else None,

@@ -41,7 +41,6 @@ from transforms.io.relay_stream import ReadStreamEvents
 from transforms.stages.build import BuildVideoEventFn
 from transforms.stages.sign import SignEventFn
 
-BIGQUERY_FAILED_ROWS_FILE = "bigquery_failed_rows.ndjson"
 PUBLISHED = "published"
 DEAD_LETTERS = "dead_letters"
 SKIPPED = "skipped"
@@ -82,8 +81,8 @@ def build_graph(p: beam.Pipeline, opts: MigrationOptions, run_id: str,
   if opts.mode == MODE_REPLAY:
     return _replay(p, opts, run_id, io, events)
   rows = p | "ReadVineRows" >> ReadVineRows(
-      run_id, rows_path=opts.rows, project=os.environ.get("BIGQUERY_PROJECT_ID"),
-      dataset=os.environ.get("BIGQUERY_DATASET_ID"), raw_rows=io.raw_rows)
+      run_id, rows_path=opts.rows, project=opts.bigquery_project,
+      dataset=opts.bigquery_dataset, raw_rows=io.raw_rows)
   joined = (rows["main"], events["main"], events[VIDEOS]) | "JoinOnVineId" >> JoinOnVineId()
   return apply_stages({dl.STAGE_MIGRATE: joined["main"]}, opts, run_id,
                       dead=[rows[dl.DEAD_LETTER], events[dl.DEAD_LETTER]],
@@ -96,8 +95,8 @@ def _streaming(p, opts, run_id, io) -> Dict[str, beam.PCollection]:
   events = p | "ReadStreamEvents" >> ReadStreamEvents(
       split_relays(opts.relays), run_id, since, raw_events=io.raw_events)
   items = events["main"] | "LookupVineRows" >> beam.ParDo(LookupVineRowsFn(
-      rows_path=opts.rows, project=os.environ.get("BIGQUERY_PROJECT_ID"),
-      dataset=os.environ.get("BIGQUERY_DATASET_ID"), lookup_factory=io.row_lookup_factory))
+      rows_path=opts.rows, project=opts.bigquery_project,
+      dataset=opts.bigquery_dataset, lookup_factory=io.row_lookup_factory))
   return apply_stages({dl.STAGE_MIGRATE: items}, opts, run_id, dead=[events[dl.DEAD_LETTER]],
                       skipped=[events[dl.SKIPPED]])
 
@@ -106,16 +105,15 @@ def _replay(p, opts, run_id, io, events) -> Dict[str, beam.PCollection]:
   """Dead letters -> items entering at the stage that failed, refreshed from the relays."""
   items = (p
            | "ReadDeadLetters" >> ReadDeadLetters(opts.replay_from, raw=io.raw_dead_letters)
-           | "ToReplayItems" >> beam.ParDo(replay.ToReplayItemFn(
-               replay.parse_replay_filter(opts.replay_filter))).with_outputs(
-                   dl.SKIPPED, main="main"))
+           | "ToReplayItems" >> dl.tagged(replay.ToReplayItemFn(
+               replay.parse_replay_filter(opts.replay_filter))))
   entries = ({"replay": items.main, "events": events["main"], "videos": events[VIDEOS]}
              | "JoinWithRelayState" >> beam.CoGroupByKey()
              | "RefreshFromRelays" >> beam.ParDo(replay.RefreshFromRelaysFn()).with_outputs(
-                 *ENTRY_STAGES))
+                 *replay.ENTRY_STAGES))
   # The relays' (and --events-file's) bad events and events without a vine id are
   # counted as they are read: their records are written too, so files match the summary.
-  outputs = apply_stages({stage: entries[stage] for stage in ENTRY_STAGES}, opts, run_id,
+  outputs = apply_stages({stage: entries[stage] for stage in replay.ENTRY_STAGES}, opts, run_id,
                          dead=[events[dl.DEAD_LETTER]],
                          skipped=[items[dl.SKIPPED], events[dl.SKIPPED]])
   outputs[DEAD_LETTERS] = outputs[DEAD_LETTERS] | "LinkReplayedDeadLetters" >> beam.Map(
@@ -124,7 +122,6 @@ def _replay(p, opts, run_id, io, events) -> Dict[str, beam.PCollection]:
 
 
 DEFAULT_STREAM_LOOKBACK = 3600
-ENTRY_STAGES = (dl.STAGE_MIGRATE, dl.STAGE_BLURHASH, dl.STAGE_BUILD, dl.STAGE_PUBLISH)
 
 
 def _enter(label: str, previous, entries, stage):
@@ -141,6 +138,9 @@ def apply_stages(entries: Dict[str, beam.PCollection], opts: MigrationOptions, r
                  skipped: List[beam.PCollection]) -> Dict[str, beam.PCollection]:
   """MigrateVideo -> ComputeBlurhash -> BuildVideoEvent -> SignEvent -> PublishEvents.
 
+  Each stage's DoFn declares its tagged outputs (`OUTPUTS`); its dead letters, skips
+  and monitor lines are gathered from whatever it declares.
+
   Args:
     entries: WorkItems entering at a stage ("migrate" in a normal run; any stage
       in a replay).
@@ -148,38 +148,37 @@ def apply_stages(entries: Dict[str, beam.PCollection], opts: MigrationOptions, r
   """
   relays = split_relays(opts.relays)
   instances = parallel_instances(opts)
-  migrated = entries[dl.STAGE_MIGRATE] | "MigrateVideo" >> beam.ParDo(MigrateVideoFn(
+  stages = []
+
+  def stage(label: str, items: beam.PCollection, fn: beam.DoFn):
+    result = items | label >> dl.tagged(fn)
+    stages.append((result, fn.OUTPUTS))
+    return result
+
+  migrated = stage("MigrateVideo", entries[dl.STAGE_MIGRATE], MigrateVideoFn(
       opts.migration_api, opts.cdn_base, run_id,
       max_in_flight=share(opts.api_limit, instances),
       policy=_retry_policy(opts), force_remigrate=opts.force_remigrate,
-      token_secret=opts.token_secret)).with_outputs(
-          dl.DEAD_LETTER, dl.SKIPPED, dl.MONITOR, main="main")
-  hashed = _enter("EnterAtBlurhash", migrated.main, entries, dl.STAGE_BLURHASH) | (
-      "ComputeBlurhash" >> beam.ParDo(ComputeBlurhashFn(
-          opts.cdn_base, run_id, require_blurhash=opts.require_blurhash)).with_outputs(
-              dl.DEAD_LETTER, main="main"))
-  built = _enter("EnterAtBuild", hashed.main, entries, dl.STAGE_BUILD) | (
-      "BuildVideoEvent" >> beam.ParDo(BuildVideoEventFn(
-          run_id, force_republish=opts.force_republish,
-          event_kind=opts.event_kind)).with_outputs(
-              dl.DEAD_LETTER, dl.SKIPPED, main="main"))
-  signed = built.main | "SignEvent" >> beam.ParDo(SignEventFn(
-      opts.keys_db, run_id, kek_spec=opts.kek)).with_outputs(dl.DEAD_LETTER, main="main")
-  published = _enter("EnterAtPublish", signed.main, entries, dl.STAGE_PUBLISH) | (
-      "PublishEvents" >> beam.ParDo(PublishEventsFn(
-          relays, run_id, keys_db=opts.keys_db, kek_spec=opts.kek,
-          min_relays=opts.min_relays or None,
-          max_in_flight=share(opts.publish_limit, instances))).with_outputs(
-              dl.DEAD_LETTER, dl.MONITOR, main="main"))
+      token_secret=opts.token_secret))
+  hashed = stage("ComputeBlurhash", _enter("EnterAtBlurhash", migrated.main, entries,
+                                           dl.STAGE_BLURHASH),
+                 ComputeBlurhashFn(opts.cdn_base, run_id, require_blurhash=opts.require_blurhash))
+  built = stage("BuildVideoEvent", _enter("EnterAtBuild", hashed.main, entries, dl.STAGE_BUILD),
+                BuildVideoEventFn(run_id, force_republish=opts.force_republish,
+                                  event_kind=opts.event_kind))
+  signed = stage("SignEvent", built.main, SignEventFn(opts.keys_db, run_id, kek_spec=opts.kek))
+  published = stage("PublishEvents", _enter("EnterAtPublish", signed.main, entries,
+                                            dl.STAGE_PUBLISH),
+                    PublishEventsFn(relays, run_id, keys_db=opts.keys_db, kek_spec=opts.kek,
+                                    min_relays=opts.min_relays or None,
+                                    max_in_flight=share(opts.publish_limit, instances)))
 
-  dead_all = (tuple(dead) + (migrated[dl.DEAD_LETTER], hashed[dl.DEAD_LETTER],
-                             built[dl.DEAD_LETTER], signed[dl.DEAD_LETTER],
-                             published[dl.DEAD_LETTER])
-              | "FlattenDeadLetters" >> beam.Flatten())
-  skipped_all = (tuple(skipped) + (migrated[dl.SKIPPED], built[dl.SKIPPED])
-                 | "FlattenSkips" >> beam.Flatten())
-  monitor = ((migrated[dl.MONITOR], published[dl.MONITOR])
-             | "FlattenMonitorLines" >> beam.Flatten())
+  def gathered(tag: str) -> tuple:
+    return tuple(result[tag] for result, outputs in stages if tag in outputs)
+
+  dead_all = (tuple(dead) + gathered(dl.DEAD_LETTER)) | "FlattenDeadLetters" >> beam.Flatten()
+  skipped_all = (tuple(skipped) + gathered(dl.SKIPPED)) | "FlattenSkips" >> beam.Flatten()
+  monitor = gathered(dl.MONITOR) | "FlattenMonitorLines" >> beam.Flatten()
   return {PUBLISHED: published.main, DEAD_LETTERS: dead_all, SKIPPED: skipped_all,
           MONITOR: monitor}
 
@@ -211,4 +210,4 @@ def attach_bigquery_sinks(outputs: Dict[str, beam.PCollection], opts: MigrationO
   if failed and not streaming:  # the writers log and count refused rows; batch also keeps them
     (tuple(failed) | "FlattenBigQueryFailures" >> beam.Flatten()
      | "WriteBigQueryFailures" >> sinks.WriteNdjson(os.path.join(run_dir,
-                                                                 BIGQUERY_FAILED_ROWS_FILE)))
+                                                                 sinks.BIGQUERY_FAILED_ROWS_FILE)))

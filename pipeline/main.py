@@ -25,9 +25,9 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from pipeline import progress
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
 from pipeline.options import MODE_REPLAY, ConfigError, MigrationOptions, validate
+from transforms.core.text import utc_now_iso
 from transforms.runtime import accounting
 from transforms.clients import secrets as secret_values
-from transforms.runtime import outcomes as dl
 from transforms.runtime.outcomes import StopRun
 from transforms.io.local_files import SUMMARY_FILE, run_output_dir
 
@@ -99,9 +99,9 @@ def run_facts(argv: List[str], opts: MigrationOptions, started: float, finished:
   """What summary.json says about the run itself (pipeline/report.py reads these keys)."""
   seconds = max(0.0, finished - started)
   return {
-      "argv": [secret_values.redact(str(a)) for a in argv],
-      "started_at": dl.utc_now_iso(started),
-      "finished_at": dl.utc_now_iso(finished),
+      "argv": [secret_values.scrub(str(a)) for a in argv],
+      "started_at": utc_now_iso(started),
+      "finished_at": utc_now_iso(finished),
       "seconds": round(seconds, 3),
       "events_per_second": round(events_published / seconds, 2) if seconds > 0 else 0.0,
       "event_kind": opts.event_kind,

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions, \
   StandardOptions, WorkerOptions
 
+from transforms.clients.secrets import TOKEN_ENV_VAR
 from transforms.core.records import KIND_32222, KIND_34236, KIND_BOTH
 
-TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
 DEFAULT_CDN = "https://cdn.divine.video"
 MODE_MIGRATE = "migrate"
 MODE_REPLAY = "replay"
@@ -50,7 +50,16 @@ class MigrationOptions(PipelineOptions):
                         "(wss://, or ws:// on loopback). Default: env NOSTR_RELAYS.")
     parser.add_argument("--rows", default=None,
                         help="Local NDJSON file(s) of metadata rows (glob allowed). "
-                        "Absent: query BigQuery (BIGQUERY_PROJECT_ID, BIGQUERY_DATASET_ID).")
+                        "Absent: query BigQuery (--bigquery-project, --bigquery-dataset).")
+    parser.add_argument("--bigquery-project", dest="bigquery_project",
+                        default=os.environ.get("BIGQUERY_PROJECT_ID", ""),
+                        help="Project of the Vine metadata tables (posts_with_archived_videos, "
+                        "vine_posts), read when --rows is absent. Default: env "
+                        "BIGQUERY_PROJECT_ID.")
+    parser.add_argument("--bigquery-dataset", dest="bigquery_dataset",
+                        default=os.environ.get("BIGQUERY_DATASET_ID", ""),
+                        help="Dataset of the Vine metadata tables, read when --rows is absent. "
+                        "Default: env BIGQUERY_DATASET_ID.")
     parser.add_argument("--events-file", dest="events_file", default=None,
                         help="Extra events as NDJSON (e.g. a relay export), read beside the "
                         "relays and verified and de-duplicated the same way.")
@@ -58,13 +67,13 @@ class MigrationOptions(PipelineOptions):
                         default=os.environ.get("CF_STREAM_MIGRATION_API", ""),
                         help="Base URL of the migration API. Default: env "
                         "CF_STREAM_MIGRATION_API. The token is read from env %s or from "
-                        "--token-secret, never from a flag value." % TOKEN_ENV)
+                        "--token-secret, never from a flag value." % TOKEN_ENV_VAR)
     parser.add_argument("--token-secret", dest="token_secret",
                         default=os.environ.get("TOKEN_SECRET", ""),
                         help="Secret Manager version holding the migration API token, "
                         "[gcp-secret:]projects/P/secrets/S/versions/V: a name, never the token. "
                         "Read by the workers in setup(); absent: env %s. Default: env "
-                        "TOKEN_SECRET." % TOKEN_ENV)
+                        "TOKEN_SECRET." % TOKEN_ENV_VAR)
     parser.add_argument("--cdn-base", dest="cdn_base",
                         default=os.environ.get("CDN_BASE", DEFAULT_CDN),
                         help="CDN origin for URL templates and the only host thumbnails are "
@@ -206,6 +215,17 @@ def check_http_url(flag: str, url: str) -> str:
   return url.rstrip("/")
 
 
+def _check_bigquery_source(opts: MigrationOptions) -> None:
+  """Without --rows the metadata comes from BigQuery: both names set and usable in SQL."""
+  from transforms.io.vine_rows import is_bigquery_identifier  # pylint: disable=import-outside-toplevel
+  for flag, env, value in (("--bigquery-project", "BIGQUERY_PROJECT_ID", opts.bigquery_project),
+                           ("--bigquery-dataset", "BIGQUERY_DATASET_ID", opts.bigquery_dataset)):
+    if not value:
+      raise ConfigError("%s: required when --rows is not given (or env %s)" % (flag, env))
+    if not is_bigquery_identifier(value):
+      raise ConfigError("%s: %r is not a valid BigQuery identifier" % (flag, value))
+
+
 def validate(opts: MigrationOptions, environ=os.environ) -> None:
   """Fails before the pipeline starts, naming the flag or variable at fault."""
   relays = split_relays(opts.relays)
@@ -223,9 +243,9 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
       check_secret_spec(opts.token_secret, "--token-secret")
     except SecretError as exc:
       raise ConfigError(str(exc)) from None
-  elif not environ.get(TOKEN_ENV):
+  elif not environ.get(TOKEN_ENV_VAR):
     raise ConfigError("%s: the migration API token must be set in the environment (or name "
-                      "a Secret Manager version with --token-secret)" % TOKEN_ENV)
+                      "a Secret Manager version with --token-secret)" % TOKEN_ENV_VAR)
   if not opts.keys_db:
     raise ConfigError("--keys-db: required (or env MIGRATION_DB)")
   if not opts.keys_db.startswith("gs://") and not os.path.isfile(opts.keys_db):
@@ -260,9 +280,7 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
     except ReplayFilterError as exc:
       raise ConfigError(str(exc)) from None
   elif opts.rows is None:
-    for name in ("BIGQUERY_PROJECT_ID", "BIGQUERY_DATASET_ID"):
-      if not environ.get(name):
-        raise ConfigError("--rows not given, so BigQuery is read: %s must be set" % name)
+    _check_bigquery_source(opts)
   else:
     import glob  # pylint: disable=import-outside-toplevel
     if not glob.glob(opts.rows):

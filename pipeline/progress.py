@@ -65,12 +65,12 @@ def progress_numbers(counts: Mapping[str, int]) -> Dict[str, int]:
   """
   get = lambda name: int(counts.get(name, 0))
   numbers = {
-      "events_read": get("events_read"),
-      "rows_read": get("rows_read"),
+      "events_read": get(accounting.EVENTS_READ),
+      "rows_read": get(accounting.ROWS_READ),
       "vines_in": get(accounting.VINES_IN),
       "migrated_new": get(accounting.VIDEOS_MIGRATED),
       "migrated_already": get(accounting.VIDEOS_ALREADY_MIGRATED),
-      "reused": get("migrations_reused"),
+      "reused": get(accounting.MIGRATIONS_REUSED),
       "published": get(accounting.PUBLISHED),
       "skipped": _prefixed_sum(counts, accounting.SKIPPED_PREFIX),
       "dead_lettered": _prefixed_sum(counts, accounting.DEAD_LETTER_PREFIX),

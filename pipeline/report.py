@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from pipeline.run_outputs import OUTPUT_FILES, ReportError, RunOutputs, find_run_dir, \
   join_path, load_run, migrated_counts, recent_failures, select_dead, top_errors, totals, \
   vine_status
+from transforms.clients.secrets import TOKEN_ENV_VAR
 from transforms.runtime import outcomes as dl
 from transforms.io.local_files import DEAD_LETTERS_FILE, SUMMARY_FILE
 
@@ -156,7 +157,7 @@ def replay_command(run: RunOutputs, error_class: Optional[str] = None,
                  "<PLACEHOLDERS> with the original run's values and add its other flags")
     from_run = False
   if _flag_value(rest, "--token-secret") is None:
-    notes.append("the API token comes from env CF_STREAM_MIGRATION_TOKEN (or --token-secret)")
+    notes.append("the API token comes from env %s (or --token-secret)" % TOKEN_ENV_VAR)
   chosen = select_dead(run.dead, error_class, stage)
   replayable = [d for d in chosen if d["stage"] not in NOT_REPLAYABLE_STAGES]
   if len(replayable) < len(chosen):

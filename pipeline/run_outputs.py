@@ -16,14 +16,12 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.runtime.accounting import SEED_STATS
 from transforms.io.local_files import DEAD_LETTERS_FILE, MONITOR_FILE, PUBLISHED_FILE, SKIPPED_FILE, \
   SUMMARY_FILE
 
 OUTPUT_FILES = (SUMMARY_FILE, DEAD_LETTERS_FILE, SKIPPED_FILE, PUBLISHED_FILE, MONITOR_FILE)
 
-SEED_STATS = ("events_checked", "videos_migrated", "videos_already_migrated",
-              "videos_republished", "failed_migrations", "migrations_reused",
-              "metadata_missing", "blurhash_missing")
 TIMING_KEYS = ("started_at", "finished_at", "seconds", "events_per_second", "event_kind")
 
 # Normalisation of error texts, applied in this order: each volatile part becomes a

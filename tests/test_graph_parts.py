@@ -11,7 +11,7 @@ from transforms.runtime import outcomes as dl
 from transforms.runtime.async_dofn import AsyncDoFn
 from transforms.stages.join import JoinOnVineId
 from transforms.nostr.event import Signer, generate_private_key
-from transforms.core.records import parse_row
+from transforms.core.rows import parse_row
 from transforms.io.relay_events import ReadRelayEvents
 
 A = Signer(generate_private_key())

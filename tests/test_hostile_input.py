@@ -35,7 +35,7 @@ from tests.support.hostile import make_corpus
 from transforms.nostr.video_event import MAX_CONTENT_BYTES, MAX_EVENT_BYTES, MAX_HASHTAGS, \
   MAX_TAG_BYTES
 from transforms.nostr.event import first_tag_value, validate_event
-from transforms.core.records import json_safe
+from transforms.core.text import json_safe
 from transforms.clients.relay.reader import fetch_events
 from transforms.io.relay_events import event_problem
 

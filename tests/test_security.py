@@ -68,7 +68,8 @@ from transforms.clients import secrets as sv
 from transforms.keys.store import KeyStore
 from transforms.stages.migrate import MigrateVideoFn
 from transforms.nostr.event import Signer, nsec_encode, parse_private_key
-from transforms.core.records import BadInput, SourceEvent, WorkItem, extract_vine_id, parse_row
+from transforms.core.records import BadInput, SourceEvent, WorkItem, extract_vine_id
+from transforms.core.rows import parse_row
 from transforms.clients.relay.common import validate_relay_url
 from transforms.clients.relay.publisher import RelayPublisher
 from transforms.clients.relay.reader import fetch_events

@@ -23,12 +23,12 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import aiohttp
 
-from transforms.runtime import outcomes as dl
+from transforms.core.text import utc_now_iso
 from transforms.clients import secrets as secret_values
 from transforms.runtime.logs import CappedLog, log_stage
 from transforms.clients.migration_contract import LOOKUP_PATH, MIGRATE_PATH, MigrationResult, Outcome, \
   ResponseTooLarge, RetryPolicy, backoff_delay, classify, error_text, normalise_urls, \
-  parse_json_object, sanitise_error, validate_openvine_id, validate_vine_id
+  parse_json_object, error_line, validate_openvine_id, validate_vine_id
 
 _LOG = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class MigrationClient:
         outcome = classify(status, None, exc)
         # Scrub again with the token itself, in case an exception quoted it.
         return dataclasses.replace(
-          outcome, reason=sanitise_error(outcome.reason, (self._token,))
+          outcome, reason=error_line(outcome.reason, (self._token,))
         ), status
 
   async def migrate(self, vine_id: str, openvine_id: str) -> MigrationResult:
@@ -229,7 +229,7 @@ class MigrationClient:
           result.kind, result.api_status, result.error = "success", outcome.reason, None
           self._counts["successes"] += 1
           return result
-      now = dl.utc_now_iso()
+      now = utc_now_iso()
       result.first_failure = result.first_failure or now
       result.last_failure = now
       result.error = outcome.reason
@@ -283,7 +283,7 @@ class MigrationClient:
           body_text = await self._read_capped(resp)
     except (aiohttp.ClientError, TimeoutError, OSError, ResponseTooLarge) as exc:
       raise MigrationApiError(
-        f"lookup failed: {sanitise_error(exc, (self._token,))}", status
+        f"lookup failed: {error_line(exc, (self._token,))}", status
       ) from None
     if status == 404:
       return None

@@ -10,7 +10,8 @@ What `POST /v1/openvine/migrate` and `GET /v1/lookup` answer and what each answe
 * `normalise_urls` picks a migrated video's media URLs from an answer;
   `parse_json_object` and `error_text` read an answer's body.
 * `validate_vine_id` and `validate_openvine_id` check ids before they go into a request.
-* `sanitise_error` turns an exception or text into one line that is safe to log.
+* `error_line` turns an exception or text into one short line that is safe to log
+  (the scrubbing itself is `secrets.scrub`).
 * `MigrationResult` is the value the client returns for one migration.
 """
 
@@ -21,31 +22,21 @@ import json
 import math
 import random
 import re
-import urllib.parse
 from typing import Any, Dict, Iterable, Optional
 
 import aiohttp
 
 from transforms.clients import secrets as secret_values
+from transforms.core.ids import HEX64_RE, OPENVINE_ID_RE, OPENVINE_ID_USABLE_RE, STREAM_UID_RE
 
 MIGRATE_PATH = "/v1/openvine/migrate"
 LOOKUP_PATH = "/v1/lookup"
 SUCCESS_STATUSES = frozenset({"already_migrated", "migrated", "hybrid_migration_completed"})
-TOKEN_ENV_VAR = "CF_STREAM_MIGRATION_TOKEN"
 _MAX_REASON_CHARS = 300
 
-_UID = re.compile(r"[0-9a-f]{32}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_OPENVINE_STRICT = re.compile(r"[0-9]{13}-[0-9a-f]{8}")
-# No leading dot and no "..": the server places the id in https://api.openvine.co/media/{id}.
-_OPENVINE_PERMISSIVE = re.compile(r"(?!.*\.\.)[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 # The worker reports a dead source as "Failed to fetch video: 404 Not Found".
 _SOURCE_MISSING = re.compile(r"fail\w*\s+to\s+fetch\s+video\W+(404|403|410)\b", re.IGNORECASE)
 _MISSING_CREDENTIALS = re.compile(r"missing\s+stream\s+credentials", re.IGNORECASE)
-_BEARER = re.compile(r"\bbearer\s+[^\s,;'\"}\]]+", re.IGNORECASE)
-_AUTH_HEADER = re.compile(
-  r"(['\"]?\bauthorization['\"]?\s*[:=]\s*)(['\"]?)[^'\",;}\]\r\n]*\2", re.IGNORECASE
-)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
 
@@ -122,7 +113,7 @@ class MigrationResult:
   http_status: Optional[int] = None
 
 
-def sanitise_error(exc_or_text: Any, secrets: Iterable[str] = ()) -> str:
+def error_line(exc_or_text: Any, secrets: Iterable[str] = ()) -> str:
   """Turns an exception or text into one short line that is safe to log.
 
   Args:
@@ -130,25 +121,16 @@ def sanitise_error(exc_or_text: Any, secrets: Iterable[str] = ()) -> str:
     secrets: Strings to replace with "***" wherever they appear (URL-encoded too).
 
   Returns:
-    The text with secrets (those given and every value registered with
-    `secret_values.register`), "Bearer ..." values and Authorization header
-    values replaced by "***", control characters collapsed, at most 300 characters.
+    The text scrubbed by `secrets.scrub` (the secrets given, every registered
+    value, Authorization header values, bearer tokens, nsec keys), control
+    characters collapsed, at most 300 characters.
   """
   if isinstance(exc_or_text, BaseException):
     message = str(exc_or_text)
     text = f"{type(exc_or_text).__name__}: {message}" if message else type(exc_or_text).__name__
   else:
     text = str(exc_or_text)
-  text = secret_values.redact(text)
-  for secret in secrets:
-    if secret:
-      text = text.replace(secret, "***")
-      encoded = urllib.parse.quote(secret, safe="")
-      if encoded != secret:
-        text = text.replace(encoded, "***")
-  text = _AUTH_HEADER.sub(r"\1\2***\2", text)
-  text = _BEARER.sub("Bearer ***", text)
-  text = _CONTROL.sub(" ", text).strip()
+  text = _CONTROL.sub(" ", secret_values.scrub(text, secrets)).strip()
   if len(text) > _MAX_REASON_CHARS:
     text = text[: _MAX_REASON_CHARS - 3] + "..."
   return text
@@ -192,7 +174,7 @@ def validate_openvine_id(v: Any, permissive: bool = False) -> str:
   Raises:
     ValueError: If the id does not match.
   """
-  pattern = _OPENVINE_PERMISSIVE if permissive else _OPENVINE_STRICT
+  pattern = OPENVINE_ID_USABLE_RE if permissive else OPENVINE_ID_RE
   if not isinstance(v, str) or not pattern.fullmatch(v):
     mode = "permissive" if permissive else "strict"
     raise ValueError(f"openvine id does not match the {mode} pattern")
@@ -306,7 +288,7 @@ def normalise_urls(data: Dict[str, Any], cdn_base: str) -> Dict[str, Optional[st
     ValueError: If `uid` is not 32 lowercase hex characters.
   """
   uid = data.get("uid")
-  if not isinstance(uid, str) or not _UID.fullmatch(uid):
+  if not isinstance(uid, str) or not STREAM_UID_RE.fullmatch(uid):
     raise ValueError("uid is not 32 lowercase hex characters")
   templates = _template_urls(uid, cdn_base)
   returned = {
@@ -323,7 +305,7 @@ def normalise_urls(data: Dict[str, Any], cdn_base: str) -> Dict[str, Optional[st
   urls["api_status"] = status if isinstance(status, str) else None
   # Oct 2025 answers also carry the content hash and a Blossom URL (NIP-71 `x`, fallback).
   sha256 = data.get("sha256")
-  urls["sha256"] = sha256 if isinstance(sha256, str) and _SHA256.fullmatch(sha256) else None
+  urls["sha256"] = sha256 if isinstance(sha256, str) and HEX64_RE.fullmatch(sha256) else None
   urls["blossom"] = _http_url(data.get("blossomUrl"))
   return urls
 
@@ -341,8 +323,8 @@ def error_text(body: Optional[Dict[str, Any]], body_text: Optional[str]) -> str:
   """
   if body is not None:
     parts = [str(body[k]) for k in ("error", "message", "reason") if isinstance(body.get(k), str)]
-    return sanitise_error(": ".join(parts)) if parts else ""
-  return sanitise_error(body_text[:200]) if body_text else ""
+    return error_line(": ".join(parts)) if parts else ""
+  return error_line(body_text[:200]) if body_text else ""
 
 
 def parse_json_object(body_text: Optional[str]) -> Optional[Dict[str, Any]]:
@@ -369,10 +351,10 @@ def _classify_exception(exc: BaseException) -> Outcome:
   if isinstance(exc, TimeoutError):  # asyncio.TimeoutError and aiohttp's timeouts.
     return Outcome("transient", "timeout")
   if isinstance(exc, aiohttp.ClientPayloadError):
-    return Outcome("transient", f"payload error: {sanitise_error(exc)}")
+    return Outcome("transient", f"payload error: {error_line(exc)}")
   if isinstance(exc, (aiohttp.ClientError, OSError)):
-    return Outcome("transient", f"connection error: {sanitise_error(exc)}")
-  return Outcome("transient", f"unexpected error: {sanitise_error(exc)}")
+    return Outcome("transient", f"connection error: {error_line(exc)}")
+  return Outcome("transient", f"unexpected error: {error_line(exc)}")
 
 
 def classify(
@@ -411,18 +393,18 @@ def classify(
     if too_large:
       return Outcome("transient", f"malformed response (HTTP {status}): body too large")
     uid = body.get("uid") if body else None
-    if not isinstance(uid, str) or not _UID.fullmatch(uid):
+    if not isinstance(uid, str) or not STREAM_UID_RE.fullmatch(uid):
       return Outcome("transient", f"malformed response (HTTP {status}): no valid uid")
     api_status = body.get("status")
     if api_status not in SUCCESS_STATUSES:
-      shown = sanitise_error(str(api_status))[:40]
+      shown = error_line(str(api_status))[:40]
       return Outcome(
         "transient", f"malformed response (HTTP {status}): unexpected status {shown!r}"
       )
     return Outcome("success", str(api_status), data=body)
   if status in (401, 403):
     return Outcome(
-      "config", f"migration API refused the token (HTTP {status}): check {TOKEN_ENV_VAR}"
+      "config", f"migration API refused the token (HTTP {status}): check {secret_values.TOKEN_ENV_VAR}"
     )
   if 300 <= status < 400:
     return Outcome("config", f"migration API redirected (HTTP {status}): check the base URL")

@@ -9,18 +9,20 @@ option value:
   prefix is optional).
 
 Every secret value the process loads (the token, the KEK's text forms) is also
-registered here, and the sanitisers (`migration_contract.sanitise_error`,
-`dead_letters.sanitise`) replace registered values wherever they appear, so an
-exception that quotes a secret in an unexpected form still cannot carry it into
-a log line or a dead letter. The registry is per process, which is where the
-sanitisers run (each worker loads its own secrets in setup()).
+registered here, and `scrub`, the one scrubber every error text passes through
+before it is logged or stored (dead letters, the client's failure reasons, the
+summary's argv), replaces registered values wherever they appear, so an exception
+that quotes a secret in an unexpected form still cannot carry it into a log line
+or a dead letter. It also masks Authorization header values, bearer tokens and
+nsec keys. The registry is per process, which is where scrubbing happens (each
+worker loads its own secrets in setup()).
 """
 
 import os
 import re
 import threading
 import urllib.parse
-from typing import Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 TOKEN_ENV_VAR = "CF_STREAM_MIGRATION_TOKEN"
 SECRET_PREFIX = "gcp-secret:"
@@ -39,6 +41,11 @@ class SecretError(ValueError):
   """A secret that cannot be loaded; the message names the source, never the value."""
 
 
+def _forms(value: str) -> "set[str]":
+  """A secret as it may appear in text: itself and its URL-encoded forms."""
+  return {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)}
+
+
 def register(value: Optional[str]) -> None:
   """Adds a secret value (and its URL-encoded form) to the redaction registry.
 
@@ -48,7 +55,7 @@ def register(value: Optional[str]) -> None:
   global _ordered
   if not isinstance(value, str) or len(value) < MIN_REDACTED_CHARS:
     return
-  forms = {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)}
+  forms = _forms(value)
   with _lock:
     if forms <= _registered:
       return
@@ -57,19 +64,34 @@ def register(value: Optional[str]) -> None:
     _ordered = tuple(sorted(_registered, key=len, reverse=True))
 
 
-def redact(text: str) -> str:
-  """Replaces every registered secret value in `text` with "***".
+_AUTH_HEADER = re.compile(
+    r"(['\"]?\bauthorization['\"]?\s*[:=]\s*)(['\"]?)[^'\",;}\]\r\n]*\2", re.IGNORECASE)
+_BEARER = re.compile(r"\b(bearer\s+)[^\s,;'\"}\]]+", re.IGNORECASE)
+_NSEC = re.compile(r"(?i)nsec1[0-9a-z]{20,}")
+
+
+def scrub(text: str, extra: Iterable[Optional[str]] = ()) -> str:
+  """`text` without secrets: safe to log or store.
 
   Args:
     text: Any text about to be logged or stored.
+    extra: Secret values not registered in this process (a client's own token),
+      replaced like registered ones, URL-encoded forms included.
 
   Returns:
-    The text without registered secrets.
+    The text with every registered or given secret value, Authorization header
+    value, bearer token and nsec key replaced by "***".
   """
-  for value in _ordered:
+  values = _ordered
+  given = [v for v in extra if v]
+  if given:
+    values = tuple(sorted(set(values).union(*(_forms(v) for v in given)), key=len, reverse=True))
+  for value in values:
     if value in text:
       text = text.replace(value, "***")
-  return text
+  text = _AUTH_HEADER.sub(r"\1\2***\2", text)
+  text = _BEARER.sub(r"\1***", text)
+  return _NSEC.sub("nsec1***", text)
 
 
 def check_secret_spec(spec: str, what: str = "--token-secret") -> str:
@@ -142,7 +164,7 @@ def resolve_token(env_name: str = TOKEN_ENV_VAR, secret_spec: Optional[str] = No
       response = secret_client.access_secret_version(name=name)
     except Exception as exc:  # pylint: disable=broad-except
       # Client errors name resources and permissions; keep a short first line, redacted.
-      detail = redact((str(exc).splitlines() or [""])[0][:200])
+      detail = scrub((str(exc).splitlines() or [""])[0][:200])
       raise SecretError("Secret Manager %s: request failed (%s: %s)"
                         % (name, type(exc).__name__, detail)) from None
     token = _clean_token(response.payload.data, "Secret Manager " + name)

@@ -3,16 +3,14 @@
 A vine starts as a BigQuery row (VineRow) and/or a relay event (SourceEvent). The
 join turns each into one WorkItem, which every later stage enriches and passes on.
 Every WorkItem ends in exactly one terminal outcome: published, skipped (with a
-reason) or dead-lettered (see dead_letters.py).
+reason) or dead-lettered (see transforms/runtime/outcomes.py). Ids are in
+`ids.py`, text safety in `text.py`, the parsing of metadata rows in `rows.py`.
 """
 
 import dataclasses
-import math
-import re
-import unicodedata
 from typing import Any, Dict, List, Optional, Tuple
 
-from transforms.core import hashtags as hashtags_lib
+from transforms.core.ids import STREAM_UID_RE, is_vine_id, openvine_id_from_url
 from transforms.nostr.event import first_tag_value, tag_values
 
 VIDEO_KIND = 32222
@@ -25,22 +23,6 @@ KIND_BOTH = "both"
 MIGRATION_TAG = "migration"
 MIGRATION_NAME = "openvine-to-stream"
 
-# Vine post ids: 11 characters of [0-9A-Za-z]. `\Z`, not `$`: `$` also matches
-# before a trailing newline, and "b9KOOWX7HUx\n" is not a Vine id.
-VINE_ID_RE = re.compile(r"^[0-9A-Za-z]{11}\Z")
-STREAM_UID_RE = re.compile(r"^[0-9a-f]{32}\Z")
-# OpenVine ids are `{13-digit epoch ms}-{8 hex}`; take everything after /media/ up to /?#.
-OPENVINE_MEDIA_URL = "https://api.openvine.co/media/%s"
-_OPENVINE_URL_RE = re.compile(r"^https?://(?:api|apt)\.openvine\.co/media/([^/?#\s]+)")
-OPENVINE_ID_RE = re.compile(r"^[0-9]{13}-[0-9a-f]{8}\Z")
-# What the migration API may be sent as videoId: the strict shape above, or a
-# permissive one that still cannot walk a path (no leading dot, so no `.` or `..`).
-_OPENVINE_USABLE_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}\Z")
-
-# Vine ran 2013-01-24 .. 2017-01-17; allow 2012 test posts and the last stragglers.
-MIN_VINE_TS = 1325376000  # 2012-01-01
-MAX_VINE_TS = 1514764799  # 2017-12-31
-
 # Skip reasons (terminal, named).
 SKIP_NO_EVENT = "no_event"
 SKIP_NO_VINE_ID = "no_vine_id"
@@ -50,43 +32,6 @@ SKIP_UP_TO_DATE = "up_to_date"
 
 class BadInput(ValueError):
   """Input that can never be processed as it is; becomes a bad_input dead letter."""
-
-
-_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
-
-
-def surrogate_free(value: str, replacement: str = "\ufffd") -> str:
-  """The text with each lone surrogate replaced (they cannot be encoded as UTF-8)."""
-  return _LONE_SURROGATE.sub(replacement, value)
-
-
-def json_safe(obj: Any) -> Any:
-  """obj with lone surrogates in any string written as the text `\\udXXX`.
-
-  JSON escapes like "\\ud800" decode to lone surrogates, which no UTF-8 encoder
-  (Beam's coders, output files, BigQuery) accepts: a record holding one would
-  crash the step that writes it. Payloads of dead letters go through this.
-  """
-  if isinstance(obj, str):
-    return _LONE_SURROGATE.sub(lambda m: "\\u%04x" % ord(m.group()), obj)
-  if isinstance(obj, list):
-    return [json_safe(v) for v in obj]
-  if isinstance(obj, tuple):
-    return tuple(json_safe(v) for v in obj)
-  if isinstance(obj, dict):
-    return {json_safe(k): json_safe(v) for k, v in obj.items()}
-  return obj
-
-
-def has_surrogate(obj: Any) -> bool:
-  """True if any string in obj (keys included) holds a lone surrogate."""
-  if isinstance(obj, str):
-    return bool(_LONE_SURROGATE.search(obj))
-  if isinstance(obj, (list, tuple)):
-    return any(has_surrogate(v) for v in obj)
-  if isinstance(obj, dict):
-    return any(has_surrogate(k) or has_surrogate(v) for k, v in obj.items())
-  return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,106 +124,6 @@ class WorkItem:
     }
 
 
-# ---------------------------------------------------------------------------
-# Rows.
-_COUNT_TEXT = re.compile(r"^-?[0-9]{1,19}\Z")
-MAX_INT64 = 2 ** 63 - 1
-
-
-def _clean_count(value: Any, name: str, notes: List[str]) -> Optional[int]:
-  """An INT64-range integer, or None (noted) for anything else.
-
-  Accepts ints, integral finite floats (12.0) and decimal ASCII digit strings; a
-  bool, 1.5, NaN, Infinity, "12abc", "1e5" or a list is `<name>_not_numeric`, a
-  negative number `<name>_negative`.
-  """
-  if value is None or value == "":
-    return None
-  number = None
-  if isinstance(value, bool):
-    number = None
-  elif isinstance(value, int):
-    number = value
-  elif isinstance(value, float):
-    if math.isfinite(value) and value.is_integer():
-      number = int(value)
-  elif isinstance(value, str) and _COUNT_TEXT.match(value.strip()):
-    number = int(value.strip())
-  if number is None or number > MAX_INT64 or number < -MAX_INT64:
-    notes.append("%s_not_numeric" % name)
-    return None
-  if number < 0:
-    notes.append("%s_negative" % name)
-    return None
-  return number
-
-
-def _clean_hashtag(value: Any) -> Optional[str]:
-  """A hashtag from the row's own list: at least one letter or digit, no spaces or controls."""
-  if not isinstance(value, str) or has_surrogate(value):
-    return None
-  tag = value.strip().lstrip("#").strip()
-  if not tag or any(ch.isspace() or unicodedata.category(ch)[0] == "C" for ch in tag):
-    return None
-  if not any(unicodedata.category(ch)[0] in ("L", "N") for ch in tag):
-    return None
-  return tag
-
-
-def is_vine_id(value: Any) -> bool:
-  return isinstance(value, str) and bool(VINE_ID_RE.match(value))
-
-
-def parse_row(raw: Dict[str, Any]) -> VineRow:
-  """Turns a BigQuery row (or its NDJSON form) into a VineRow.
-
-  Counts that are negative or not numbers become None (noted, never published);
-  timestamps outside Vine's lifetime become None. A vineId that is not a Vine id
-  raises BadInput: it would otherwise reach URLs and relay filters.
-  """
-  if not isinstance(raw, dict):
-    raise BadInput("row is not an object")
-  vine_id = raw.get("vineId")
-  if not is_vine_id(vine_id):
-    raise BadInput("vineId is not an 11-character Vine id: %r" % (str(vine_id)[:40],))
-  notes: List[str] = []
-  description = raw.get("description")
-  if description is not None and not isinstance(description, str):
-    description = str(description)
-  username = raw.get("username")
-  if username is not None and not isinstance(username, str):
-    username = str(username)
-  # Lone surrogates (from "\\ud800" escapes) cannot travel between steps: cleaned here.
-  if description is not None and has_surrogate(description):
-    description = surrogate_free(description)
-    notes.append("description_cleaned")
-  if username is not None and has_surrogate(username):
-    username = surrogate_free(username)
-    notes.append("username_cleaned")
-  created = _clean_count(raw.get("created_timestamp"), "created_timestamp", notes)
-  if created is not None and not MIN_VINE_TS <= created <= MAX_VINE_TS:
-    notes.append("created_timestamp_out_of_range")
-    created = None
-  given = raw.get("hashtags") or []
-  if not isinstance(given, list):
-    given = []
-  cleaned = [t for t in map(_clean_hashtag, given) if t]
-  if len(cleaned) != len(given):
-    notes.append("hashtags_dropped")
-  tags = hashtags_lib.merge(hashtags_lib.extract(description or ""), cleaned)
-  return VineRow(
-      vine_id=vine_id,
-      username=username,
-      description=description,
-      loops=_clean_count(raw.get("loops"), "loops", notes),
-      likes=_clean_count(raw.get("likes"), "likes", notes),
-      comment_count=_clean_count(raw.get("comment_count"), "comment_count", notes),
-      repost_count=_clean_count(raw.get("repost_count"), "repost_count", notes),
-      created_timestamp=created,
-      hashtags=tuple(tags),
-      notes=tuple(notes))
-
-
 def row_from_dict(d: Dict[str, Any]) -> VineRow:
   """Rebuilds a VineRow from VineRow.to_dict() (replay payloads)."""
   fields = {f.name for f in dataclasses.fields(VineRow)}
@@ -290,16 +135,6 @@ def row_from_dict(d: Dict[str, Any]) -> VineRow:
 
 # ---------------------------------------------------------------------------
 # Events.
-def openvine_id_from_url(url: str) -> Optional[str]:
-  match = _OPENVINE_URL_RE.match(url or "")
-  return match.group(1) if match else None
-
-
-def usable_openvine_id(value: Any) -> bool:
-  """True for an id that is safe to send as videoId (the server puts it in a URL path)."""
-  return isinstance(value, str) and bool(_OPENVINE_USABLE_RE.match(value))
-
-
 def extract_openvine_ids(tags: List[List[str]]) -> Tuple[str, ...]:
   """OpenVine ids from `url`, `r`, imeta `url`, then imeta `fallback`, in that order, unique.
 

@@ -99,7 +99,7 @@ def _timestamp(value: Any) -> Any:
     return value.isoformat()
   if isinstance(value, (int, float)) and not isinstance(value, bool):
     return datetime.datetime.fromtimestamp(value, datetime.timezone.utc).isoformat()
-  return str(value)  # ISO-8601 strings (dead_letters.utc_now_iso) are taken as they are
+  return str(value)  # ISO-8601 strings (core.text.utc_now_iso) are taken as they are
 
 
 def _scalar(value: Any, kind: str) -> Any:

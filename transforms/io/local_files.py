@@ -14,6 +14,8 @@ SKIPPED_FILE = "skipped.ndjson"
 PUBLISHED_FILE = "published.ndjson"
 MONITOR_FILE = "monitor.log"
 SUMMARY_FILE = "summary.json"  # written by pipeline/main.py at the end of a run
+# Rows the BigQuery tables refused (pipeline/graph.py attach_bigquery_sinks).
+BIGQUERY_FAILED_ROWS_FILE = "bigquery_failed_rows.ndjson"
 
 
 def to_json_line(record) -> str:

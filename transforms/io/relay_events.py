@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import queue
-import re
 import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -35,14 +34,16 @@ import apache_beam as beam
 from apache_beam import coders
 from apache_beam.pvalue import TaggedOutput
 
+from transforms.clients.relay.common import RelayError
+from transforms.clients.relay.reader import fetch_events
+from transforms.core.ids import HEX64_RE, HEX128_RE, is_vine_id
+from transforms.core.records import SHORT_VIDEO_KIND, SKIP_NO_VINE_ID, VIDEO_KIND, newer, \
+  to_source_event
+from transforms.core.text import has_surrogate, json_safe
+from transforms.nostr.event import first_tag_value, validate_event
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
 from transforms.runtime.outcomes import StopRun
-from transforms.nostr.event import first_tag_value, validate_event
-from transforms.core.records import SHORT_VIDEO_KIND, SKIP_NO_VINE_ID, VIDEO_KIND, has_surrogate, \
-  is_vine_id, json_safe, newer, to_source_event
-from transforms.clients.relay.common import RelayError
-from transforms.clients.relay.reader import fetch_events
 
 _LOG = logging.getLogger(__name__)
 
@@ -58,8 +59,6 @@ VIDEO_EVENTS_IGNORED = "video_events_ignored"
 # dated further ahead than this, so an event beyond it cannot be replaced.
 MAX_FUTURE_SECONDS = 900
 # `\Z`: nostr_event's checks use `$`, which lets a trailing newline through.
-_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
-_HEX128 = re.compile(r"[0-9a-f]{128}\Z")
 _DONE = object()
 # Marks an event that held lone surrogates (see _quarantine).
 UNSAFE_TEXT = "__lone_surrogate_in__"
@@ -114,8 +113,8 @@ def _decode_line(line: Any) -> Any:
 def event_problem(event: Any, kinds: Sequence[int] = (VIDEO_KIND,)) -> Optional[str]:
   """Why an event read is not a verified event of one of `kinds`, or None when it is."""
   problem = validate_event(event)
-  if problem is None and not (_HEX64.match(event["id"]) and _HEX64.match(event["pubkey"])
-                              and _HEX128.match(event["sig"])):
+  if problem is None and not (HEX64_RE.match(event["id"]) and HEX64_RE.match(event["pubkey"])
+                              and HEX128_RE.match(event["sig"])):
     problem = "id, pubkey or sig is not exactly lowercase hex"
   if problem is None and event.get("kind") not in kinds:
     problem = "kind %r is not %s" % (event.get("kind"), " or ".join(map(str, kinds)))
@@ -188,7 +187,7 @@ class FetchRelayEventsFn(beam.DoFn):
       for future, url in futures.items():
         exc = future.exception()
         if exc is None:
-          accounting.inc("events_read", future.result())
+          accounting.inc(accounting.EVENTS_READ, future.result())
           _LOG.debug("read %d events from %s", future.result(), url)
           yield TaggedOutput(READABLE, url)
           continue
@@ -297,7 +296,6 @@ class ClassifyEventFn(beam.DoFn):
     ahead = event["created_at"] + 1 - int(self._clock())
     if self._reject_future and source.vine_id and ahead > MAX_FUTURE_SECONDS:
       accounting.born()
-      accounting.dead_lettered(dl.STAGE_READ_EVENTS)
       yield TaggedOutput(dl.DEAD_LETTER, dl.make_dead_letter(
           self._run_id, dl.STAGE_READ_EVENTS, dl.BAD_INPUT,
           "created_at %d is %d s in the future: its replacement would need a later "
@@ -307,7 +305,6 @@ class ClassifyEventFn(beam.DoFn):
       return
     if not source.vine_id:
       accounting.born()
-      accounting.skipped(SKIP_NO_VINE_ID)
       yield TaggedOutput(dl.SKIPPED, dl.make_skip(dl.STAGE_READ_EVENTS, SKIP_NO_VINE_ID, None,
                                                   event["id"]))
       return
@@ -346,7 +343,6 @@ class InvalidEventFn(beam.DoFn):
     event_id, entries = keyed
     event, reason = entries[0]
     accounting.born()
-    accounting.dead_lettered(dl.STAGE_READ_EVENTS)
     vine_id = None
     if isinstance(event, dict) and isinstance(event.get("tags"), list):
       try:

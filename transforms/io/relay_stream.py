@@ -39,7 +39,6 @@ class KeepNewestPerAddressFn(beam.DoFn):
     # A relay keeps the highest created_at, then the lowest id.
     if seen is not None and (seen[0] > mine[0] or (seen[0] == mine[0] and seen[1] <= mine[1])):
       accounting.born()
-      accounting.skipped(SKIP_SUPERSEDED)
       yield TaggedOutput(dl.SKIPPED, dl.make_skip(dl.STAGE_READ_EVENTS, SKIP_SUPERSEDED, None,
                                                   event["id"]))
       return

@@ -21,11 +21,14 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.runtime import accounting
 from transforms.io.vine_rows import seed_query
-from transforms.core.records import BadInput, VineRow, WorkItem, is_vine_id, parse_row
+from transforms.core.records import BadInput, VineRow, WorkItem
+from transforms.core.ids import is_vine_id
+from transforms.core.rows import parse_row
 
 _LOG = logging.getLogger(__name__)
 
 CACHE_SIZE = 100_000
+ROW_LOOKUPS = "row_lookups"  # counter: ids looked up (cache misses)
 # The seed query has no WHERE of its own, so this suffix is its only filter.
 LOOKUP_QUERY_SUFFIX = "\nWHERE p.vineId IN UNNEST(@ids)"
 
@@ -108,7 +111,7 @@ class LookupVineRowsFn(beam.DoFn):
     missing = sorted({kv[0] for kv, _, _ in pending if kv[0] not in self._cache})
     if missing:
       found = self._lookup.lookup(missing)
-      accounting.inc("row_lookups", len(missing))
+      accounting.inc(ROW_LOOKUPS, len(missing))
       for vine_id in missing:
         raw = found.get(vine_id)
         try:

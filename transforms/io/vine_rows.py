@@ -2,8 +2,8 @@
 
 Output: (vine_id, VineRow); tagged dead letters for rows that cannot be used.
 The query is the seed's, unchanged but for the table names, which come from
-BIGQUERY_PROJECT_ID / BIGQUERY_DATASET_ID. Hashtags are re-extracted Unicode-aware
-in records.parse_row (the query's RE2 `\\w` is ASCII-only).
+--bigquery-project / --bigquery-dataset. Hashtags are re-extracted Unicode-aware
+in core.rows.parse_row (the query's RE2 `\\w` is ASCII-only).
 """
 
 import json
@@ -17,7 +17,9 @@ from apache_beam.pvalue import TaggedOutput
 
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
-from transforms.core.records import BadInput, json_safe, parse_row
+from transforms.core.records import BadInput
+from transforms.core.text import json_safe
+from transforms.core.rows import parse_row
 
 _LOG = logging.getLogger(__name__)
 
@@ -40,11 +42,16 @@ FROM `{project}.{dataset}.posts_with_archived_videos` p
 LEFT JOIN `{project}.{dataset}.vine_posts` vp ON p.vineId = vp.id"""
 
 
+def is_bigquery_identifier(value: Any) -> bool:
+  """A project or dataset name that is safe to put into the query's SQL."""
+  return isinstance(value, str) and bool(_IDENT.match(value))
+
+
 def seed_query(project: str, dataset: str) -> str:
   """The seed's query over project.dataset; names are validated (they go into SQL)."""
-  for name, value in (("BIGQUERY_PROJECT_ID", project), ("BIGQUERY_DATASET_ID", dataset)):
-    if not value or not _IDENT.match(value):
-      raise ValueError("%s is missing or not a valid BigQuery identifier" % name)
+  for flag, value in (("--bigquery-project", project), ("--bigquery-dataset", dataset)):
+    if not is_bigquery_identifier(value):
+      raise ValueError("%s is missing or not a valid BigQuery identifier" % flag)
   return SEED_QUERY.format(project=project, dataset=dataset)
 
 
@@ -56,7 +63,7 @@ class ParseRowFn(beam.DoFn):
     self._run_id = run_id
 
   def process(self, raw: Any) -> Iterator[Any]:
-    accounting.inc("rows_read")
+    accounting.inc(accounting.ROWS_READ)
     try:
       if isinstance(raw, bytes):
         try:
@@ -72,7 +79,6 @@ class ParseRowFn(beam.DoFn):
       row = parse_row(raw)
     except BadInput as exc:
       accounting.born()
-      accounting.dead_lettered(dl.STAGE_READ_ROWS)
       vine_id = raw.get("vineId") if isinstance(raw, dict) else None
       # json_safe: a lone surrogate (from a "\\ud800" escape) would crash the writer.
       yield TaggedOutput(dl.DEAD_LETTER, dl.make_dead_letter(

@@ -16,19 +16,18 @@ migration tag marks the event as this migration's, so that re-runs reuse its uid
 import re
 from typing import Any, Dict, List, Optional
 
-from transforms.nostr.video_event import CLIENT_NAME, DEFAULT_DIM, MAX_CONTENT_BYTES, \
-  MAX_HASHTAGS, PLACEHOLDER_TITLES, add_tag, clean_text, fit_event_size, imeta_field, \
-  trim_utf8, video_title
+from transforms.core.ids import HEX64_RE, OPENVINE_MEDIA_URL, usable_openvine_id
+from transforms.core.records import MIGRATION_NAME, MIGRATION_TAG, SHORT_VIDEO_KIND, WorkItem
+from transforms.core.text import clean_text
 from transforms.nostr.event import first_tag_value
-from transforms.core.records import MIGRATION_NAME, MIGRATION_TAG, OPENVINE_MEDIA_URL, \
-  SHORT_VIDEO_KIND, WorkItem, usable_openvine_id
+from transforms.nostr.video_event import CLIENT_NAME, DEFAULT_DIM, DEFAULT_DURATION, \
+  MAX_CONTENT_BYTES, MAX_HASHTAGS, PLACEHOLDER_TITLES, add_tag, fit_event_size, imeta_field, \
+  trim_utf8, video_title
 
 VINE_URL = "https://vine.co/v/%s"
-DEFAULT_DURATION = "6"
 # Clients drop videos whose duration is 7 s or more; Vines are at most about 6.5 s.
 MAX_DURATION = 7.0
 _DIM = re.compile(r"^[1-9][0-9]{0,4}x[1-9][0-9]{0,4}\Z")
-_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 _COUNTS = (("loops", "loops"), ("likes", "likes"), ("comments", "comment_count"),
            ("reposts", "repost_count"))
 
@@ -66,7 +65,7 @@ def _imeta(item: WorkItem, urls: Dict[str, Any], old_tags: List[List[str]],
            alt: str) -> List[str]:
   source = (OPENVINE_MEDIA_URL % item.openvine_id
             if usable_openvine_id(item.openvine_id) else None)
-  sha256 = urls.get("sha256") if _SHA256.match(urls.get("sha256") or "") else None
+  sha256 = urls.get("sha256") if HEX64_RE.match(urls.get("sha256") or "") else None
   duration = first_tag_value(old_tags, "duration") or imeta_field(old_tags, "duration")
   entries = (("url", urls.get("mp4")), ("m", "video/mp4"), ("dim", _dim(old_tags)),
              ("duration", clip_duration(duration)), ("blurhash", item.blurhash),
@@ -144,6 +143,6 @@ def short_video_urls(event: Dict[str, Any]) -> Dict[str, Optional[str]]:
       "mp4": imeta_field(tags, "url"),
       "thumbnail": imeta_field(tags, "image"),
       "blurhash": imeta_field(tags, "blurhash"),
-      "sha256": sha256 if _SHA256.match(sha256 or "") else None,
+      "sha256": sha256 if HEX64_RE.match(sha256 or "") else None,
       "blossom": blossom,
   }

@@ -11,12 +11,12 @@ that the seed does not list (an `expiration` among them) are not carried over.
 """
 
 import json
-import re
 from typing import Any, Dict, List, Optional
 
 from transforms.nostr.event import first_tag_value
-from transforms.core.records import MIGRATION_NAME, MIGRATION_TAG, OPENVINE_MEDIA_URL, VIDEO_KIND, \
-  WorkItem, usable_openvine_id
+from transforms.core.records import MIGRATION_NAME, MIGRATION_TAG, VIDEO_KIND, WorkItem
+from transforms.core.ids import OPENVINE_MEDIA_URL, usable_openvine_id
+from transforms.core.text import clean_text
 
 CLIENT_NAME = "divine.video"
 MAX_TAG_BYTES = 1024
@@ -31,18 +31,6 @@ DEFAULT_DURATION = "6"
 _ELLIPSIS = "\u2026"
 # Tags that identify the video's place and must survive republishing unchanged.
 PLACEHOLDER_TITLES = ("rescued vine video", "untitled", "")
-
-
-_C0 = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-
-
-def clean_text(value: str) -> str:
-  """Drops C0 controls other than tab/newline/return and replaces lone surrogates.
-
-  Serialisers and relays disagree on both, so they never reach a signed event.
-  """
-  return _SURROGATE.sub("\ufffd", _C0.sub("", value))
 
 
 def trim_utf8(value: str, max_bytes: int = MAX_TAG_BYTES) -> str:

@@ -27,7 +27,11 @@ DEAD_LETTER_PREFIX = "dead_letters_"
 # counted twice by summarise().
 DEAD_LETTER_CLASS_PREFIX = "dead_letter_class_"
 
-# Informational counters of the seed's checkpoint stats and the stages.
+# Informational counters: the seed's checkpoint stats, and what the progress display
+# and the report read. A stage's other counters are constants of its own module.
+EVENTS_READ = "events_read"
+ROWS_READ = "rows_read"
+MIGRATIONS_REUSED = "migrations_reused"
 EVENTS_CHECKED = "events_checked"
 VIDEOS_MIGRATED = "videos_migrated"
 VIDEOS_ALREADY_MIGRATED = "videos_already_migrated"
@@ -37,6 +41,8 @@ FAILED_MIGRATIONS = "failed_migrations"
 METADATA_MISSING = "metadata_missing"
 BLURHASH_MISSING = "blurhash_missing"
 THROTTLING_SECONDS = "cumulativeThrottlingSeconds"
+SEED_STATS = (EVENTS_CHECKED, VIDEOS_MIGRATED, VIDEOS_ALREADY_MIGRATED, VIDEOS_REPUBLISHED,
+              FAILED_MIGRATIONS, MIGRATIONS_REUSED, METADATA_MISSING, BLURHASH_MISSING)
 
 _counters: Dict[str, object] = {}
 # Increments made off a Beam thread (an AsyncDoFn's event loop) have no metrics
@@ -120,15 +126,17 @@ def born(n: int = 1) -> None:
   inc(VINES_IN, n)
 
 
-def skipped(reason: str) -> None:
+def count_skip(reason: str) -> None:
+  """Counts one skip. Called by `outcomes.make_skip` only: making a skip counts it."""
   inc(SKIPPED_PREFIX + reason)
 
 
-def dead_lettered(stage: str) -> None:
+def count_dead_letter(stage: str, error_class: str) -> None:
+  """Counts one dead letter by stage and by class.
+
+  Called by `outcomes.make_dead_letter` only: making a dead letter counts it.
+  """
   inc(DEAD_LETTER_PREFIX + stage)
-
-
-def dead_letter_class(error_class: str) -> None:
   inc(DEAD_LETTER_CLASS_PREFIX + error_class)
 
 

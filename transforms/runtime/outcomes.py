@@ -1,28 +1,40 @@
-"""Dead letters: one row shape for every stage, built by one function.
+"""How an item's way through the stages ends, besides being published: dead letters and skips.
 
-Building a dead letter also counts it by error class (`dead_letter_class_<class>`):
-every dead letter is made here, so the class counts cannot miss a path. The stage
-counters (`accounting.dead_lettered`) stay with the callers, which own the accounting.
+One row shape each, built by one function each (`make_dead_letter`, `make_skip`), and
+making one counts it: a dead letter by stage (`dead_letters_<stage>`, what the balance
+check adds up) and by error class (`dead_letter_class_<class>`), a skip by reason
+(`skipped_<reason>`). Every dead letter and skip is made here, so no call site can
+forget a counter or count one twice. Also: the output tags every risky DoFn may emit,
+and StopRun, the error that ends a whole run.
 
 A dead letter holds what a replay needs (the payload) and never a secret: payloads
 are built from WorkItem.to_payload() or from the raw public input, and every error
-text passes through sanitise() first (registered secret values, Authorization
+text passes through `secrets.scrub` first (registered secret values, Authorization
 headers, bearer tokens and nsec keys removed).
 """
 
-import datetime
 import json
-import re
 from typing import Any, Dict, Optional
 
-from transforms.runtime import accounting
+import apache_beam as beam
 
 from transforms.clients import secrets as secret_values
+from transforms.core.text import utc_now_iso
+from transforms.runtime import accounting
 
-# Tag names of the outputs every risky DoFn may emit besides its main output.
+# Tag names of the outputs every risky DoFn may emit besides its main output. A stage's
+# DoFn declares the ones it emits in its OUTPUTS, and `tagged` applies them.
 DEAD_LETTER = "dead_letter"
 SKIPPED = "skipped"
 MONITOR = "monitor"
+
+
+def tagged(fn: beam.DoFn) -> beam.ParDo:
+  """`fn` as a ParDo with its main output ("main") and the tagged outputs it declares.
+
+  The stage's contract lives with its DoFn (`fn.OUTPUTS`), not in the graph.
+  """
+  return beam.ParDo(fn).with_outputs(*fn.OUTPUTS, main="main")
 
 # Stages (the `stage` column), in pipeline order; replay resumes at the failed one.
 STAGE_READ_ROWS = "read_rows"
@@ -60,35 +72,6 @@ SCHEMA_FIELDS = (
     ("replay_of", "STRING", "NULLABLE"),
 )
 
-_BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\",}]+")
-_AUTH_HEADER = re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^'\",}\n]+")
-_NSEC = re.compile(r"(?i)nsec1[0-9a-z]{20,}")
-
-
-def utc_now_iso(at: Optional[float] = None) -> str:
-  """ISO-8601 UTC to the millisecond: of now, or of the unix time `at`."""
-  moment = (datetime.datetime.now(datetime.timezone.utc) if at is None
-            else datetime.datetime.fromtimestamp(at, datetime.timezone.utc))
-  return moment.isoformat(timespec="milliseconds")
-
-
-def sanitise(text: Any) -> str:
-  """Error text safe to store: no secret, Authorization header, bearer token or nsec, bounded.
-
-  Args:
-    text: An error message or exception.
-
-  Returns:
-    The text with every value registered in `secret_values` replaced, header and
-    bearer values and nsec keys masked, at most MAX_ERROR_CHARS characters.
-  """
-  text = secret_values.redact(str(text))
-  text = _AUTH_HEADER.sub(r"\1***", text)
-  text = _BEARER.sub(r"\1***", text)
-  text = _NSEC.sub("nsec1***", text)
-  return text[:MAX_ERROR_CHARS]
-
-
 def make_dead_letter(run_id: str,
                      stage: str,
                      error_class: str,
@@ -103,13 +86,14 @@ def make_dead_letter(run_id: str,
                      replay_of: Optional[str] = None) -> Dict[str, Any]:
   """The one dead-letter row shape. `payload` must be public data (never a key).
 
-  Counts `dead_letter_class_<error_class>` once per row: call it once per dead letter.
+  Counts the dead letter by stage and by error class: call it once per dead letter,
+  and only for an item that ends here.
   """
   if stage not in STAGES:
     raise ValueError("unknown stage %r" % stage)
   if error_class not in ERROR_CLASSES:
     raise ValueError("unknown error class %r" % error_class)
-  accounting.dead_letter_class(error_class)
+  accounting.count_dead_letter(stage, error_class)
   now = utc_now_iso()
   return {
       "run_id": run_id,
@@ -117,7 +101,7 @@ def make_dead_letter(run_id: str,
       "vine_id": vine_id,
       "event_id": event_id,
       "error_class": error_class,
-      "error": sanitise(error),
+      "error": secret_values.scrub(str(error))[:MAX_ERROR_CHARS],
       "attempts": int(attempts),
       "first_failure": first_failure or now,
       "last_failure": last_failure or first_failure or now,
@@ -136,7 +120,8 @@ def dead_letter_for_item(run_id: str, stage: str, error_class: str, error: Any, 
 
 def make_skip(stage: str, reason: str, vine_id: Optional[str],
               event_id: Optional[str]) -> Dict[str, Any]:
-  """A skipped item: terminal, with a named reason."""
+  """A skipped item: terminal, with a named reason; counts `skipped_<reason>`."""
+  accounting.count_skip(reason)
   return {"stage": stage, "reason": reason, "vine_id": vine_id, "event_id": event_id}
 
 

@@ -59,6 +59,8 @@ def allowed_url(url: str, cdn_base: str) -> bool:
 class ComputeBlurhashFn(AsyncDoFn):
   """WorkItem -> WorkItem with `blurhash` set when the thumbnail could be hashed."""
 
+  OUTPUTS = (dl.DEAD_LETTER,)  # tagged outputs besides "main"
+
   def __init__(self, cdn_base: str, run_id: str, max_in_flight: int = 32,
                timeout: float = DEFAULT_FETCH_TIMEOUT, require_blurhash: bool = False,
                decode_threads: int = 2):
@@ -149,7 +151,6 @@ class ComputeBlurhashFn(AsyncDoFn):
     _LOG.debug("blurhash %s: no blurhash (%s)", item.vine_id, reason)
     if self._require:
       self._counts["dead_lettered"] += 1
-      accounting.dead_lettered(dl.STAGE_BLURHASH)
       # Fetches are not retried within a run (a re-run tries again): a timeout or a
       # 5xx is transient_exhausted after its one attempt, anything else permanent.
       error_class = dl.TRANSIENT_EXHAUSTED if transient else dl.PERMANENT

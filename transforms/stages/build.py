@@ -47,6 +47,8 @@ class BuildVideoEventFn(beam.DoFn):
   with nothing to publish at any address is a tagged `up_to_date` skip.
   """
 
+  OUTPUTS = (dl.DEAD_LETTER, dl.SKIPPED)  # tagged outputs besides "main"
+
   def __init__(self, run_id: str, force_republish: bool = False,
                clock: Optional[Callable[[], float]] = None, event_kind: str = KIND_32222):
     super().__init__()
@@ -63,7 +65,6 @@ class BuildVideoEventFn(beam.DoFn):
       replacement = (build_video_event(item, now) if self._kind != KIND_34236 else None)
       video = build_short_video_event(item, now) if self._kind != KIND_32222 else None
     except Exception as exc:  # pylint: disable=broad-except
-      accounting.dead_lettered(dl.STAGE_BUILD)
       yield TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
           self._run_id, dl.STAGE_BUILD, dl.BAD_INPUT, "cannot build event: %s: %s"
           % (type(exc).__name__, exc), item))
@@ -76,7 +77,6 @@ class BuildVideoEventFn(beam.DoFn):
       changes["unsigned_video"], changes["signed_video"] = plan_event(item.video, video,
                                                                       self._force)
     if not any(changes.values()):
-      accounting.skipped(SKIP_UP_TO_DATE)
       yield TaggedOutput(dl.SKIPPED, dl.make_skip(dl.STAGE_BUILD, SKIP_UP_TO_DATE, item.vine_id,
                                                   item.event_id))
       return

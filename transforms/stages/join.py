@@ -21,7 +21,8 @@ from apache_beam.pvalue import TaggedOutput
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
 from transforms.nostr.event import first_tag_value
-from transforms.core.records import SKIP_NO_EVENT, WorkItem, newer, usable_openvine_id
+from transforms.core.records import SKIP_NO_EVENT, WorkItem, newer
+from transforms.core.ids import usable_openvine_id
 
 ROWS = "rows"
 EVENTS = "events"
@@ -29,6 +30,7 @@ VIDEOS = "videos"
 
 
 DUPLICATE_EVENTS = "duplicate_events"
+DUPLICATE_ROWS = "duplicate_rows"
 
 
 def _preferred(vine_id: str, a, b):
@@ -66,11 +68,10 @@ def classify_group(vine_id: str, grouped: Dict[str, Any]) -> Iterator[Any]:
     accounting.inc(DUPLICATE_EVENTS, len(all_events) - len(events))
   if not events:
     accounting.born()
-    accounting.skipped(SKIP_NO_EVENT)
     yield TaggedOutput(dl.SKIPPED, dl.make_skip(dl.STAGE_JOIN, SKIP_NO_EVENT, vine_id, None))
     return
   if len(rows) > 1:
-    accounting.inc("duplicate_rows", len(rows) - 1)
+    accounting.inc(DUPLICATE_ROWS, len(rows) - 1)
   row = min(rows, key=lambda r: repr(r)) if rows else None
   videos = {video.key: video for video in grouped.get(VIDEOS) or ()}
   for source in events:

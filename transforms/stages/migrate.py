@@ -21,15 +21,14 @@ from transforms.runtime.logs import CappedLog
 from transforms.runtime.outcomes import StopRun
 from transforms.nostr.video_event import existing_urls
 from transforms.clients.migration_api import MigrationClient
-from transforms.clients.migration_contract import RetryPolicy, sanitise_error, validate_openvine_id
+from transforms.clients.migration_contract import RetryPolicy, error_line, validate_openvine_id
 from transforms.nostr.short_video_event import short_video_urls
-from transforms.core.records import SKIP_NO_OPENVINE_ID, STREAM_UID_RE, WorkItem, usable_openvine_id
+from transforms.core.records import SKIP_NO_OPENVINE_ID, WorkItem
+from transforms.core.ids import STREAM_UID_RE
 
 _LOG = logging.getLogger(__name__)
 
-TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
 MIGRATE_CALLS = "migrate_calls"
-MIGRATIONS_REUSED = "migrations_reused"
 
 
 def monitor_migrated(item: WorkItem) -> str:
@@ -75,9 +74,11 @@ def reuse_migration(item: WorkItem, cdn_base: str) -> WorkItem:
 class MigrateVideoFn(AsyncDoFn):
   """WorkItem -> WorkItem with `migration` set; tagged dead letters, skips, monitor lines."""
 
+  OUTPUTS = (dl.DEAD_LETTER, dl.SKIPPED, dl.MONITOR)  # tagged outputs besides "main"
+
   def __init__(self, api_url: str, cdn_base: str, run_id: str, max_in_flight: int,
                policy: RetryPolicy = RetryPolicy(), force_remigrate: bool = False,
-               token_env: str = TOKEN_ENV, token_secret: str = "", sleep=None):
+               token_env: str = secret_values.TOKEN_ENV_VAR, token_secret: str = "", sleep=None):
     super().__init__(max_in_flight)
     self._api_url = api_url
     self._cdn_base = cdn_base
@@ -107,7 +108,6 @@ class MigrateVideoFn(AsyncDoFn):
     await self._client.close()
 
   def _dead(self, item: WorkItem, error_class: str, error: str, **kwargs) -> List[Any]:
-    accounting.dead_lettered(dl.STAGE_MIGRATE)
     accounting.inc(accounting.FAILED_MIGRATIONS)
     return [TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
         self._run_id, dl.STAGE_MIGRATE, error_class, error, item, **kwargs))]
@@ -115,18 +115,15 @@ class MigrateVideoFn(AsyncDoFn):
   async def handle(self, item: WorkItem) -> List[Any]:
     if marked_uid(item) and not self._force:
       accounting.inc(accounting.VIDEOS_ALREADY_MIGRATED)
-      accounting.inc(MIGRATIONS_REUSED)
+      accounting.inc(accounting.MIGRATIONS_REUSED)
       return [reuse_migration(item, self._cdn_base)]
     if not item.openvine_id:
-      accounting.skipped(SKIP_NO_OPENVINE_ID)
       return [TaggedOutput(dl.SKIPPED, dl.make_skip(dl.STAGE_MIGRATE, SKIP_NO_OPENVINE_ID,
                                                      item.vine_id, item.event_id))]
     try:
       openvine_id = validate_openvine_id(item.openvine_id, permissive=True)
-      if not usable_openvine_id(openvine_id):
-        raise ValueError("openvine id must not start with a dot")
     except ValueError as exc:
-      shown = sanitise_error(repr(item.openvine_id))[:80]
+      shown = error_line(repr(item.openvine_id))[:80]
       return self._dead(item, dl.BAD_INPUT, "openvine id %s refused: %s" % (shown, exc))
     result = await self._client.migrate(item.vine_id, openvine_id)
     if result.kind == "config":
@@ -157,4 +154,4 @@ class MigrateVideoFn(AsyncDoFn):
       self._unexpected_log = CappedLog(_LOG, "unexpected migrate errors")
     self._unexpected_log.log("migrate %s: unexpected %s", item.vine_id, type(exc).__name__)
     return self._dead(item, dl.TRANSIENT_EXHAUSTED,
-                      "unexpected error: %s" % sanitise_error(exc))
+                      "unexpected error: %s" % error_line(exc))

@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
+from transforms.core.text import utc_now_iso
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
 from transforms.runtime.logs import CappedLog, log_stage
@@ -60,12 +61,14 @@ def result_record(item: WorkItem, accepted: Sequence[str], run_id: str) -> Dict[
       "relays": sorted(accepted),
       "newly_migrated": item.newly_migrated,
       "notes": list(item.notes),
-      "published_at": dl.utc_now_iso(),
+      "published_at": utc_now_iso(),
   }
 
 
 class PublishEventsFn(beam.DoFn):
   """WorkItem -> result record; tagged dead letters and monitor lines."""
+
+  OUTPUTS = (dl.DEAD_LETTER, dl.MONITOR)  # tagged outputs besides "main"
 
   def __init__(self, relays: Sequence[str], run_id: str, keys_db: Optional[str] = None,
                kek_spec: str = "", min_relays: Optional[int] = None, max_in_flight: int = 200,
@@ -207,7 +210,6 @@ class PublishEventsFn(beam.DoFn):
     self._dead_lettered += 1
     self._failed_log.log("publish: vine %s not published (%s): %s", item.vine_id, error_class,
                          summary)
-    accounting.dead_lettered(dl.STAGE_PUBLISH)
     return [TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
         self._run_id, dl.STAGE_PUBLISH, error_class,
         "%s; refused: %s" % (summary, "; ".join(details)), item, attempts=attempts))]

@@ -41,6 +41,8 @@ ENTRY_STAGE = {
     dl.STAGE_SIGN: dl.STAGE_BUILD,
     dl.STAGE_PUBLISH: dl.STAGE_PUBLISH,
 }
+# RefreshFromRelaysFn's outputs: one per stage an item can enter at.
+ENTRY_STAGES = (dl.STAGE_MIGRATE, dl.STAGE_BLURHASH, dl.STAGE_BUILD, dl.STAGE_PUBLISH)
 SKIP_NOT_REPLAYABLE = "not_replayable"
 REPLAY_NOTE = "replay_of="
 UNFILTERED = "unfiltered"
@@ -161,6 +163,8 @@ def refresh(entry: str, item: WorkItem, current: Optional[SourceEvent],
 class ToReplayItemFn(beam.DoFn):
   """dead letter dict -> (vine_id, (entry stage, WorkItem)); tagged skips for the rest."""
 
+  OUTPUTS = (dl.SKIPPED,)  # tagged outputs besides "main"
+
   def __init__(self, flt: Dict[str, List[str]]):
     super().__init__()
     self._filter = flt
@@ -187,7 +191,6 @@ class ToReplayItemFn(beam.DoFn):
     except (ValueError, KeyError, TypeError) as exc:
       self._counts["not_replayable"] += 1
       _LOG.debug("dead letter %s not replayable: %s", replay_pointer(dead), exc)
-      accounting.skipped(SKIP_NOT_REPLAYABLE)
       yield TaggedOutput(dl.SKIPPED, dl.make_skip("replay", SKIP_NOT_REPLAYABLE,
                                                   dead.get("vine_id"), dead.get("event_id")))
       return

@@ -5,16 +5,15 @@ never leaves the worker. No key for the pubkey: a `no_signing_key` dead letter.
 """
 
 import logging
-import re
 from typing import Any, Dict, Iterator
 
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
 from transforms.core.records import WorkItem
+from transforms.core.text import SUSPECT_TEXT
 from transforms.keys.store import load_key_store
 from transforms.nostr.event import validate_event
-from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
 from transforms.runtime.logs import log_stage
 
@@ -23,10 +22,6 @@ _LOG = logging.getLogger(__name__)
 NO_SIGNING_KEY = "no_signing_key"
 
 
-# What validate_event could still refuse in an event we have just signed: an empty
-# tag, a C0 control or a lone surrogate (the id is computed from the event itself
-# and the signature is verified by the signer against it).
-_SUSPECT_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
 
 
 def _needs_full_check(signed: Dict[str, Any]) -> bool:
@@ -34,17 +29,21 @@ def _needs_full_check(signed: Dict[str, Any]) -> bool:
 
   validate_event costs about 300 us (its id recomputation, a second signature
   verification, a regular expression per tag value); this one pass over the text
-  finds every event it could refuse, and the full check then names the problem.
+  finds every event it could still refuse (an empty tag, a C0 control or a lone
+  surrogate: the id is computed from the event itself and the signer verifies the
+  signature), and the full check then names the problem.
   """
   tags = signed["tags"]
   if not all(tags):
     return True
   text = "\n".join(["\n".join(tag) for tag in tags])
-  return bool(_SUSPECT_TEXT.search(text) or _SUSPECT_TEXT.search(signed["content"]))
+  return bool(SUSPECT_TEXT.search(text) or SUSPECT_TEXT.search(signed["content"]))
 
 
 class SignEventFn(beam.DoFn):
   """WorkItem -> WorkItem with `signed` set, signed by the original author's key."""
+
+  OUTPUTS = (dl.DEAD_LETTER,)  # tagged outputs besides "main"
 
   def __init__(self, keys_db: str, run_id: str, kek_spec: str = ""):
     super().__init__()
@@ -76,7 +75,6 @@ class SignEventFn(beam.DoFn):
     if signer is None:
       _LOG.debug("sign %s: no key for pubkey %s", item.vine_id, item.pubkey)
       self._no_key[item.pubkey] = self._no_key.get(item.pubkey, 0) + 1
-      accounting.dead_lettered(dl.STAGE_SIGN)
       yield TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
           self._run_id, dl.STAGE_SIGN, dl.PERMANENT,
           "%s: the keys database has no usable key for pubkey %s" % (NO_SIGNING_KEY,
@@ -91,7 +89,6 @@ class SignEventFn(beam.DoFn):
       problem = validate_event(signed) if _needs_full_check(signed) else None
       if problem:
         self._invalid += 1
-        accounting.dead_lettered(dl.STAGE_SIGN)
         yield TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(
             self._run_id, dl.STAGE_SIGN, dl.BAD_INPUT, "signed event invalid: %s" % problem,
             item))
