@@ -263,14 +263,14 @@ def test_validate_ids():
 
 def test_sanitise_error_removes_token_and_bearer():
   exc = RuntimeError(f"request failed headers={{'Authorization': 'Bearer {TOKEN}'}} token={TOKEN}")
-  text = contract.sanitise_error(exc, secrets=(TOKEN,))
+  text = contract.error_line(exc, secrets=(TOKEN,))
   assert TOKEN not in text
   assert text.startswith("RuntimeError: ")
-  assert contract.sanitise_error("Authorization: Bearer abc.def") == "Authorization: ***"
-  assert "abc" not in contract.sanitise_error("sent bearer abc123 to host")
-  assert contract.sanitise_error(TimeoutError()) == "TimeoutError"
-  assert "\n" not in contract.sanitise_error("a\nb\r\nc")
-  assert len(contract.sanitise_error("x" * 5000)) <= 300
+  assert contract.error_line("Authorization: Bearer abc.def") == "Authorization: ***"
+  assert "abc" not in contract.error_line("sent bearer abc123 to host")
+  assert contract.error_line(TimeoutError()) == "TimeoutError"
+  assert "\n" not in contract.error_line("a\nb\r\nc")
+  assert len(contract.error_line("x" * 5000)) <= 300
 
 
 # ---------------------------------------------------------------------------

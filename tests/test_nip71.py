@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from transforms.core import rows
 from transforms.stages import replay
 from transforms.runtime import outcomes as dl
 from transforms.nostr import short_video_event as nip71_event
@@ -31,7 +32,7 @@ def _item(row=True, old_tags=None, video=None, blurhash="LKO2?U%2Tw=w]~RBVZRi};R
                             ["dim", "480x480"], ["duration", "6.5"], ["t", "vine"],
                             ["loops", "77"], ["published_at", "1390000000"]],
                created_at=2000000000)
-  vine_row = records.parse_row({
+  vine_row = rows.parse_row({
       "vineId": VINE, "username": "Ann 🎉", "description": "hello  #World #FelizAñoNuevo",
       "loops": 10, "likes": 0, "comment_count": None, "repost_count": 2,
       "created_timestamp": 1400000000}) if row else None
@@ -102,7 +103,7 @@ def test_short_video_without_row_keeps_old_metadata_and_always_has_a_title():
   assert "x" not in fields and "blurhash" not in fields
   assert [e for e in raw if e.startswith("fallback ")] == [
       "fallback https://api.openvine.co/media/1751085897568-0fd41442"]
-  row = records.parse_row({"vineId": VINE, "username": "Bo", "description": ""})
+  row = rows.parse_row({"vineId": VINE, "username": "Bo", "description": ""})
   assert _tags(nip71_event.build_short_video_event(_item().replace(row=row), now=5))[
       "title"] == [["Vine by Bo"]]
   untitled = _item(row=False, old_tags=[["d", VINE], ["url", "https://x.example/v.mp4"]])

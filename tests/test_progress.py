@@ -90,18 +90,28 @@ def test_live_tally_is_exact_under_concurrent_increments():
   assert accounting.live_counts()["t_many"] == 40000
 
 
-def test_dead_letter_class_counted_once_and_apart_from_stages():
+def test_making_a_dead_letter_counts_its_stage_and_class_once():
   dl.make_dead_letter("r", dl.STAGE_MIGRATE, dl.PERMANENT, "x")
   dl.make_dead_letter("r", dl.STAGE_SIGN, dl.PERMANENT, "x")
   dl.make_dead_letter("r", dl.STAGE_READ_ROWS, dl.BAD_INPUT, "x")
   live = accounting.live_counts()
   assert live["dead_letter_class_permanent"] == 2 and live["dead_letter_class_bad_input"] == 1
+  assert (live["dead_letters_migrate"], live["dead_letters_sign"],
+          live["dead_letters_read_rows"]) == (1, 1, 1)
   assert not accounting.DEAD_LETTER_CLASS_PREFIX.startswith(accounting.DEAD_LETTER_PREFIX)
-  summary = accounting.summarise({"vines_in": 3, "dead_letters_migrate": 2,
-                                  "dead_letters_read_rows": 1, **live})
+  summary = accounting.summarise({"vines_in": 3, **live})
   assert summary["balanced"] and summary["accounted"] == 3
-  assert summary["dead_lettered"] == {"migrate": 2, "read_rows": 1}
+  assert summary["dead_lettered"] == {"migrate": 1, "read_rows": 1, "sign": 1}
   assert summary["dead_letter_classes"] == {"bad_input": 1, "permanent": 2}
+
+
+def test_making_a_skip_counts_its_reason_once():
+  dl.make_skip(dl.STAGE_JOIN, "no_event", "v", None)
+  dl.make_skip(dl.STAGE_BUILD, "up_to_date", "v", "e")
+  dl.make_skip(dl.STAGE_BUILD, "up_to_date", "w", "f")
+  live = accounting.live_counts()
+  assert (live["skipped_no_event"], live["skipped_up_to_date"]) == (1, 2)
+  assert accounting.summarise({"vines_in": 3, **live})["balanced"]
 
 
 # -- the renderer -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import pytest
 
+from transforms.core import rows
 from transforms.nostr import video_event as event_builder
 
 from transforms.core import hashtags
@@ -38,7 +39,7 @@ def test_merge_drops_ascii_truncations():
 
 # -- rows -------------------------------------------------------------------
 def test_parse_row_cleans_counts_and_timestamps():
-  row = records.parse_row({"vineId": "b9KOOWX7HUx", "username": "ig: x", "description":
+  row = rows.parse_row({"vineId": "b9KOOWX7HUx", "username": "ig: x", "description":
                            "hi #FelizAñoNuevo", "loops": "12", "likes": -3,
                            "comment_count": "abc", "repost_count": None,
                            "created_timestamp": 1900000000, "hashtags": ["feliza"]})
@@ -53,11 +54,11 @@ def test_parse_row_cleans_counts_and_timestamps():
                                  "b9KOOWX7HUé", None, 12345678901])
 def test_parse_row_refuses_unsafe_vine_ids(bad):
   with pytest.raises(records.BadInput):
-    records.parse_row({"vineId": bad})
+    rows.parse_row({"vineId": bad})
 
 
 def test_row_round_trip():
-  row = records.parse_row({"vineId": "b9KOOWX7HUx", "description": "#a", "loops": 3})
+  row = rows.parse_row({"vineId": "b9KOOWX7HUx", "description": "#a", "loops": 3})
   assert records.row_from_dict(row.to_dict()) == row
 
 
@@ -94,7 +95,7 @@ def _item(row=True, blurhash="LKO2?U%2Tw=w]~RBVZRi};RPxuwH", old_tags=None):
   old = _event(old_tags or [["d", "MYxVapFvz2z"], ["title", "Rescued Vine video"],
                             ["url", "https://api.openvine.co/media/1751085897568-0fd41442"],
                             ["dim", "480x480"], ["t", "vine"]], created_at=2000000000)
-  vine_row = records.parse_row({
+  vine_row = rows.parse_row({
       "vineId": "MYxVapFvz2z", "username": "Ann 🎉", "description": "hello  #World",
       "loops": 10, "likes": 0, "comment_count": None, "repost_count": 2,
       "created_timestamp": 1400000000}) if row else None
@@ -138,7 +139,7 @@ def test_build_event_without_row_keeps_old_metadata_and_no_blurhash():
 
 def test_long_and_hostile_text_trimmed_and_cleaned():
   item = _item()
-  row = records.parse_row({"vineId": "MYxVapFvz2z", "description": "x\x01y" + "é" * 100000,
+  row = rows.parse_row({"vineId": "MYxVapFvz2z", "description": "x\x01y" + "é" * 100000,
                            "username": "a\ud800b"})
   ev = event_builder.build_video_event(item.replace(row=row), now=1)
   for tag in ev["tags"]:

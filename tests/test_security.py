@@ -851,9 +851,9 @@ def _client_exceptions():
 def test_http_client_exceptions_are_sanitised_for_logs_and_dead_letters(index):
   sv.register(TOKEN)  # what MigrationClient and resolve_token do with the token they hold
   exc = _client_exceptions()[index]
-  texts = [mc.sanitise_error(exc), mc.sanitise_error(repr(exc)), dl.sanitise(exc),
-           dl.sanitise(repr(exc)), dl.make_dead_letter("r", dl.STAGE_MIGRATE, dl.PERMANENT,
-                                                       mc.sanitise_error(exc))["error"]]
+  texts = [mc.error_line(exc), mc.error_line(repr(exc)), sv.scrub(str(exc)),
+           sv.scrub(repr(exc)), dl.make_dead_letter("r", dl.STAGE_MIGRATE, dl.PERMANENT,
+                                                       mc.error_line(exc))["error"]]
   assert find_leaks({t: t.encode() for t in texts}, {"token": token_forms(TOKEN)}) == []
 
 
@@ -861,7 +861,7 @@ def test_request_info_headers_are_sanitised():
   text = repr(aiohttp.RequestInfo(URL("https://api.example/"), "POST", _auth_headers(),
                                   URL("https://api.example/")))
   assert TOKEN in text  # the raw repr does carry it: that is what must never be logged
-  assert TOKEN not in mc.sanitise_error(text) and TOKEN not in dl.sanitise(text)
+  assert TOKEN not in mc.error_line(text) and TOKEN not in sv.scrub(text)
 
 
 def test_the_client_path_sanitises_what_it_logs_and_returns(caplog):
@@ -987,7 +987,7 @@ def test_token_from_secret_manager_wins_over_the_environment(spec):
   token = sv.resolve_token(secret_spec=spec, secret_client=client,
                            environ={TOKEN_ENV: "env-token-ignored"})
   assert token == TOKEN and client.names == [SECRET_NAME]
-  assert "***" in sv.redact("x %s y" % TOKEN)  # registered for redaction
+  assert "***" in sv.scrub("x %s y" % TOKEN)  # registered for redaction
 
 
 @pytest.mark.parametrize("spec", [TOKEN, "projects/p/secrets/s", "gcp-secret:" + TOKEN,

@@ -65,7 +65,14 @@ RESULTS_FIELDS = (
     ("notes", "STRING", "REPEATED"),
     ("published_at", "TIMESTAMP", "REQUIRED"),
 )
-RESULTS_SCHEMA = {"fields": [{"name": n, "type": t, "mode": m} for n, t, m in RESULTS_FIELDS]}
+
+
+def table_schema(fields) -> Dict[str, Any]:
+  """A BigQuery table schema from (name, type, mode) triples."""
+  return {"fields": [{"name": n, "type": t, "mode": m} for n, t, m in fields]}
+
+
+RESULTS_SCHEMA = table_schema(RESULTS_FIELDS)
 
 _PROJECT = r"(?:[a-z0-9.\-]+:)?[a-z][a-z0-9\-]{4,28}[a-z0-9]"
 _TABLE_SPEC = re.compile(
@@ -248,7 +255,7 @@ class WriteDeadLettersToBigQuery(_WriteRowsToBigQuery):
 
   def __init__(self, table: str, streaming: bool = False, test_client=None):
     super().__init__(table, streaming, flag=DEAD_LETTER_TABLE_FLAG, fields=dl.SCHEMA_FIELDS,
-                     schema=dl.bigquery_schema(), time_field="last_failure",
+                     schema=table_schema(dl.SCHEMA_FIELDS), time_field="last_failure",
                      clustering=("run_id", "stage", "error_class"),
                      counter=DEAD_LETTER_WRITE_FAILURES,
                      id_fields=("run_id", "stage", "vine_id", "event_id"),

@@ -125,10 +125,6 @@ def make_skip(stage: str, reason: str, vine_id: Optional[str],
   return {"stage": stage, "reason": reason, "vine_id": vine_id, "event_id": event_id}
 
 
-def bigquery_schema() -> Dict[str, Any]:
-  return {"fields": [{"name": n, "type": t, "mode": m} for n, t, m in SCHEMA_FIELDS]}
-
-
 class StopRun(RuntimeError):
   """A configuration error that must stop the whole run (e.g. the API refused the token).
 
