@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterable, Optional
 import aiohttp
 
 from transforms.clients import secrets as secret_values
+from transforms.core.backoff import exponential_backoff
 from transforms.core.ids import HEX64_RE, OPENVINE_ID_RE, OPENVINE_ID_USABLE_RE, STREAM_UID_RE
 
 MIGRATE_PATH = "/v1/openvine/migrate"
@@ -220,10 +221,11 @@ def backoff_delay(
 ) -> float:
   """Seconds to wait after failed attempt number `attempt` (1-based).
 
-  The base schedule is `base_delay * 2 ** (attempt - 1)` capped at `max_delay`
-  (2, 4, 8, 16, 32 s by default). With `policy.jitter`, "equal jitter" is applied:
-  `d / 2 + uniform(0, d / 2)`, so the delay lies in [d/2, d] and many workers
-  retrying together spread out without ever exceeding the schedule. A server's
+  The base schedule is `transforms.core.backoff.exponential_backoff`:
+  `base_delay * 2 ** (attempt - 1)` capped at `max_delay` (2, 4, 8, 16, 32 s by
+  default), with `policy.jitter` "equal jitter" `d / 2 + uniform(0, d / 2)`, so the
+  delay lies in [d/2, d] and many workers retrying together spread out without ever
+  exceeding the schedule. Only this contract adds a floor on top: a server's
   Retry-After (429/503) is capped at `retry_after_cap` and then wins if longer:
   `max(min(retry_after, cap), delay)`, so a throttled call never waits less than
   asked (up to the cap).
@@ -242,10 +244,8 @@ def backoff_delay(
   """
   if attempt < 1:
     raise ValueError("attempt is 1-based")
-  delay = min(policy.base_delay * 2.0 ** min(attempt - 1, 60), policy.max_delay)
-  if policy.jitter:
-    rng = rng or random.Random()
-    delay = delay / 2 + rng.uniform(0, delay / 2)
+  delay = exponential_backoff(attempt, policy.base_delay, policy.max_delay,
+                              rng=rng or random.Random(), jitter=policy.jitter)
   if retry_after is not None:
     delay = max(min(retry_after, policy.retry_after_cap), delay)
   return delay

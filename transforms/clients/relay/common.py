@@ -1,22 +1,28 @@
-"""What the relay reader and publisher share: a Nostr relay client (NIP-01), websocket-client.
+"""What the relay clients share (reader, publisher, subscription): NIP-01, websocket-client.
 
-Relay url validation (``validate_relay_url``), ``RelayError``, the backoff used
-between retries, and the decoding and classification of relay messages. Reading
-(``fetch_events``) is in ``transforms.clients.relay.reader``; publishing
-(``RelayPublisher``) in ``transforms.clients.relay.publisher``, its NIP-42 AUTH handling in
-``transforms.clients.relay.auth``.
+Relay url validation (``validate_relay_url``), ``RelayError``, and the decoding and
+classification of relay messages (the backoff between retries is
+``transforms.core.backoff``). Reading (``fetch_events``) is in
+``transforms.clients.relay.reader``; publishing (``RelayPublisher``) in
+``transforms.clients.relay.publisher``, with its event bookkeeping in
+``transforms.clients.relay.pending`` and its NIP-42 AUTH in
+``transforms.clients.relay.auth``; the live subscription of streaming mode
+(``RelaySubscriptionClient``) in ``transforms.clients.relay.subscription``.
 
 Nothing here opens a connection.
 """
 
 import ipaddress
 import json
-import random
 import urllib.parse
 from typing import Any, Optional
 
 # OK and CLOSED messages with these prefixes are worth retrying.
 TRANSIENT_PREFIXES = ("rate-limited", "error")
+
+# NOTICEs per relay connection logged at INFO (then DEBUG): a chatty relay must not
+# flood the logs, and the first few say what it is unhappy about.
+NOTICES_LOGGED = 5
 
 
 class RelayError(RuntimeError):
@@ -66,12 +72,6 @@ def _is_loopback(host: str) -> bool:
     return False
 
 
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-  """Exponential backoff with equal jitter: between half and all of base * 2**(attempt-1)."""
-  delay = min(cap, base * (2 ** max(0, attempt - 1)))
-  return delay * (0.5 + random.random() * 0.5)
-
-
 def message_prefix(message: str) -> str:
   """The machine-readable prefix of an OK or CLOSED message ("" when it has none), lowercased."""
   head, sep, _ = message.partition(":")
@@ -87,6 +87,14 @@ def decode_message(raw: Any) -> Optional[list]:
   if isinstance(msg, list) and msg and isinstance(msg[0], str):
     return msg
   return None
+
+
+def is_event_shape(event: Any) -> bool:
+  """Whether an EVENT message's payload has what the clients rely on: a string id and an
+  integer (not bool) created_at. The rest is checked later, by the caller's validation."""
+  created_at = event.get("created_at") if isinstance(event, dict) else None
+  return (isinstance(event, dict) and isinstance(event.get("id"), str)
+          and isinstance(created_at, int) and not isinstance(created_at, bool))
 
 
 def close_quietly(ws) -> None:

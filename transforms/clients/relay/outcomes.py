@@ -1,8 +1,9 @@
 """What publishing one event to a relay can end in, and the states it passes through.
 
-Shared by ``transforms.clients.relay.publisher`` (``RelayPublisher``) and its NIP-42 AUTH
-handling (``transforms.clients.relay.auth``): the outcome constants, ``PublishResult``
-and the bookkeeping of one event not yet resolved.
+Shared by ``transforms.clients.relay.publisher`` (``RelayPublisher``), its event
+bookkeeping (``transforms.clients.relay.pending``) and its NIP-42 AUTH
+(``transforms.clients.relay.auth``): the outcome constants, ``PublishResult`` and the
+record of one event not yet resolved.
 """
 
 import dataclasses

@@ -2,8 +2,11 @@
 
 ``RelayPublisher`` keeps many events in flight on one connection, matches OK
 messages by id, classifies them by prefix, retries transient refusals with
-backoff, answers NIP-42 AUTH challenges (``transforms.clients.relay.auth``), and
-reconnects and resends whatever was unacknowledged when a relay goes away.
+backoff, answers NIP-42 AUTH challenges (``Nip42Auth``, in
+``transforms.clients.relay.auth``), and reconnects and resends whatever was
+unacknowledged when a relay goes away. The events' bookkeeping (queues, resends,
+results) is ``PendingEvents`` (``transforms.clients.relay.pending``); this module
+holds the connection and the sender and reader threads.
 
 A publisher is built where it is used (a DoFn's ``setup()``), never pickled. Logs
 carry ids and counts only, never event contents or keys. INFO and above: a
@@ -15,42 +18,36 @@ of a relay; per-event outcomes are DEBUG.
 import collections
 import json
 import logging
-import queue
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional
 
 import websocket
 
-from transforms.runtime.logs import CappedLog, log_stage
-from transforms.clients.relay.auth import Nip42Mixin
+from transforms.core.backoff import exponential_backoff
+from transforms.runtime.logs import log_stage
+from transforms.clients.relay.auth import Nip42Auth
 from transforms.clients.relay.common import (
+    NOTICES_LOGGED,
     TRANSIENT_PREFIXES,
-    backoff_delay,
     close_quietly,
     decode_message,
     message_prefix,
     validate_relay_url,
 )
 from transforms.clients.relay.outcomes import (
-    AUTH_WAIT,
     OUTCOME_ACCEPTED,
     OUTCOME_DUPLICATE,
     OUTCOME_PERMANENT,
-    OUTCOME_TRANSIENT_EXHAUSTED,
-    READY,
-    SCHEDULED,
     SENT,
-    PendingEvent,
     PublishResult,
 )
+from transforms.clients.relay.pending import PendingEvents
 
 _LOG = logging.getLogger(__name__)
 
-_NOTICES_LOGGED = 5  # NOTICEs per relay connection logged at INFO (then DEBUG)
 
-
-class RelayPublisher(Nip42Mixin):
+class RelayPublisher:
   """Publishes events to one relay over one persistent connection, many in flight.
 
   ``submit`` queues an event (blocking while ``max_in_flight`` are
@@ -90,49 +87,30 @@ class RelayPublisher(Nip42Mixin):
     self.backoff_cap = backoff_cap
     self.connect_timeout = connect_timeout
     self.down_retry_interval = down_retry_interval
-    self._auth_signer = auth_signer
     self._sleep = sleep
     self._clock = clock
     self._lock = threading.Lock()
     self._cond = threading.Condition(self._lock)
-    self._pending: Dict[str, PendingEvent] = {}
-    self._ready: Deque[str] = collections.deque()
-    self._results: List[PublishResult] = []
+    self._counts = collections.Counter()  # events, frames sent, outcomes, reconnects
+    self._events = PendingEvents(self.url, self._cond, self._counts, self.max_attempts,
+                                 backoff_base, backoff_cap, clock, sleep)
+    self._auth = Nip42Auth(self.url, auth_signer, self._events, self._cond.notify_all,
+                           self._drop_connection_locked, clock, backoff_base, backoff_cap)
     self._closed = False
     # Connection state, all reset on reconnect.
     self._ws = None
     self._gen = 0
     self._last_recv = 0.0
-    self._challenge: Optional[str] = None  # the newest challenge the relay sent
-    self._stale_challenge: Optional[str] = None  # one the relay refused an AUTH on
-    self._used_challenge: Optional[str] = None  # the one the last accepted AUTH used
-    self._reusable: Optional[bool] = None  # is a challenge good for more than one AUTH?
-    self._probed = False  # an event was resent to draw a challenge; none came yet
-    self._authed: Set[str] = set()
-    self._unlocks_all: Optional[bool] = None  # does one AUTH let every pubkey write?
-    self._auth_inflight: Dict[str, tuple] = {}  # auth id -> (pubkey, sent_at, challenge)
-    # pubkey -> event ids refused with auth-required, in arrival order. While it is not
-    # empty an AUTH round is in progress and new events are held back (see
-    # _take_frames_locked).
-    self._auth_waiting: Dict[str, List[str]] = {}
-    self._auth_failures: Dict[str, int] = {}
-    self._auth_not_before = float("-inf")
-    self._outbox: Deque[str] = collections.deque()  # AUTH frames to send
-    self._priority: Deque[str] = collections.deque()  # sent even during an AUTH round
-    # Transient AUTH failures per pubkey; kept across reconnects so that they stay bounded.
-    self._auth_retries: Dict[str, int] = {}
     self._connect_failures = 0
     self._down_until = float("-inf")
     self._down_message = ""
     self._flaps = 0  # connections in a row that ended before the relay said anything
     self._connected_at = 0.0
     self._lost_reason = ""  # why the previous connection ended, for the reconnect line
-    self._counts = collections.Counter()  # events, frames sent, outcomes, reconnects
     self._notices = 0
-    self._auth_refusals = CappedLog(_LOG, "AUTH refusals", limit=5, level=logging.INFO)
-    self._retry_queue: "queue.Queue" = queue.Queue()
     self._sender = threading.Thread(target=self._send_loop, name="relay-sender", daemon=True)
-    self._retrier = threading.Thread(target=self._retry_loop, name="relay-retry", daemon=True)
+    self._retrier = threading.Thread(target=self._events.run_retries, name="relay-retry",
+                                     daemon=True)
     self._sender.start()
     self._retrier.start()
     log_stage(_LOG, "RelayPublisher " + self.url, "ready", max_in_flight=self.max_in_flight,
@@ -148,7 +126,7 @@ class RelayPublisher(Nip42Mixin):
     keys = ("events", "sent", "accepted", "duplicate", "refused", "failed", "resent",
             "connections", "reconnects")
     out = {k: counts.get(k, 0) for k in keys}
-    out["auth_refusals"] = self._auth_refusals.count
+    out["auth_refusals"] = self._auth.refusals
     return out
 
   # -- public API ------------------------------------------------------------
@@ -171,24 +149,16 @@ class RelayPublisher(Nip42Mixin):
     except (TypeError, ValueError):
       raise ValueError("event %s cannot be sent as UTF-8 JSON" % event_id) from None
     with self._cond:
-      while not self._closed and len(self._pending) >= self.max_in_flight:
+      while not self._closed and len(self._events) >= self.max_in_flight:
         self._cond.wait()
       if self._closed:
         raise RuntimeError("publisher for %s is closed" % self.url)
-      entry = self._pending.get(event_id)
-      if entry is not None:
-        entry.tokens.append(token)
-        return
-      self._pending[event_id] = PendingEvent(event=event, frame=frame, tokens=[token])
-      self._counts["events"] += 1
-      self._ready.append(event_id)
-      self._cond.notify_all()
+      self._events.add(event, frame, token)
 
   def poll(self) -> List[PublishResult]:
     """Returns the results completed since the last poll or drain; never blocks."""
     with self._lock:
-      results, self._results = self._results, []
-    return results
+      return self._events.take_results()
 
   def drain(self, timeout: Optional[float] = None) -> List[PublishResult]:
     """Waits until every submitted event has a final result and returns the new results.
@@ -197,14 +167,12 @@ class RelayPublisher(Nip42Mixin):
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     with self._cond:
-      while self._pending and not self._closed:
+      while self._events and not self._closed:
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
           _LOG.warning("drain timed out with %d events unresolved on %s",
-                       len(self._pending), self.url)
-          for event_id in list(self._pending):
-            self._finish_locked(event_id, False, OUTCOME_TRANSIENT_EXHAUSTED,
-                                "drain timed out: " + self._pending[event_id].message)
+                       len(self._events), self.url)
+          self._events.fail_all("drain timed out: ", with_last_answer=True)
           break
         self._cond.wait(remaining if remaining is None else min(remaining, 1.0))
     return self.poll()
@@ -215,12 +183,12 @@ class RelayPublisher(Nip42Mixin):
       if self._closed:
         return
       self._closed = True
-      if self._pending:
+      if self._events:
         _LOG.warning("closing publisher for %s with %d events unresolved",
-                     self.url, len(self._pending))
+                     self.url, len(self._events))
       ws, self._ws = self._ws, None
+      self._events.stop()
       self._cond.notify_all()
-    self._retry_queue.put(None)
     close_quietly(ws)
     self._sender.join(2.0)
     log_stage(_LOG, "RelayPublisher " + self.url, "done", **self.stats())
@@ -231,68 +199,12 @@ class RelayPublisher(Nip42Mixin):
   def __exit__(self, *exc) -> None:
     self.close()
 
-  # -- results and retries (call with the lock held) -------------------------
-
-  def _finish_locked(self, event_id: str, accepted: bool, outcome: str, message: str) -> None:
-    entry = self._pending.pop(event_id, None)
-    if entry is None:
-      return
-    for token in entry.tokens:
-      self._results.append(PublishResult(
-          token=token, event_id=event_id, relay=self.url, accepted=accepted, outcome=outcome,
-          message=message, attempts=entry.attempts))
-    self._counts[{OUTCOME_ACCEPTED: "accepted", OUTCOME_DUPLICATE: "duplicate",
-                  OUTCOME_PERMANENT: "refused"}.get(outcome, "failed")] += 1
-    if outcome in (OUTCOME_PERMANENT, OUTCOME_TRANSIENT_EXHAUSTED):
-      # Per event: the publishing DoFn, which knows the vine, reports failures.
-      _LOG.debug("event %s on %s: %s after %d attempts: %.200s", event_id, self.url, outcome,
-                 entry.attempts, message)
-    self._cond.notify_all()
-
-  def _retry_locked(self, event_id: str, message: str, delay: bool) -> None:
-    """Resends an event (after a backoff if delay) unless it has used every attempt."""
-    entry = self._pending.get(event_id)
-    if entry is None:
-      return
-    entry.message = message
-    if entry.attempts >= self.max_attempts:
-      self._finish_locked(event_id, False, OUTCOME_TRANSIENT_EXHAUSTED, message)
-      return
-    self._counts["resent"] += 1
-    if delay:
-      entry.state = SCHEDULED
-      wait = backoff_delay(entry.attempts, self.backoff_base, self.backoff_cap)
-      self._retry_queue.put((self._clock() + wait, wait, event_id))
-    else:
-      entry.state = READY
-      self._ready.append(event_id)
-      self._cond.notify_all()
-
-  def _retry_loop(self) -> None:
-    """Moves scheduled resends to the ready queue when their backoff has passed."""
-    while True:
-      item = self._retry_queue.get()
-      if item is None:
-        return
-      due, wait, event_id = item
-      remaining = min(wait, due - self._clock())
-      if remaining > 0:
-        self._sleep(remaining)
-      with self._cond:
-        if self._closed:
-          return
-        entry = self._pending.get(event_id)
-        if entry is not None and entry.state == SCHEDULED:
-          entry.state = READY
-          self._ready.append(event_id)
-          self._cond.notify_all()
-
   # -- the sender thread -----------------------------------------------------
 
   def _send_loop(self) -> None:
     while True:
       with self._cond:
-        while not self._closed and not self._pending:
+        while not self._closed and not self._events:
           self._cond.wait()
         if self._closed:
           return
@@ -300,16 +212,14 @@ class RelayPublisher(Nip42Mixin):
       if not connected:
         with self._cond:
           if self._clock() < self._down_until:
-            for event_id in list(self._pending):
-              self._finish_locked(event_id, False, OUTCOME_TRANSIENT_EXHAUSTED,
-                                  self._down_message)
+            self._events.fail_all(self._down_message)
             continue
           flaps = self._flaps
         if flaps:
           # A relay (or a proxy in front of one) that accepts and at once drops the
           # connection: back off as for a refused connection, so that resends do not
           # burn every attempt within milliseconds.
-          self._sleep(backoff_delay(flaps, self.backoff_base, self.backoff_cap))
+          self._sleep(exponential_backoff(flaps, self.backoff_base, self.backoff_cap))
         self._connect()
         continue
       with self._cond:
@@ -333,41 +243,20 @@ class RelayPublisher(Nip42Mixin):
           break
 
   def _take_frames_locked(self):
-    self._auth_step_locked()
+    """The frames to send now (an AUTH first), the connection and its number."""
+    auth = self._auth.step()
     if self._ws is None:
       return [], None, self._gen  # the AUTH round dropped the connection
-    frames = list(self._outbox)
-    self._outbox.clear()
-    now = self._clock()
-    while len(frames) < 500:
-      # While an AUTH round is in progress only its own resends go out: every event
-      # refused meanwhile would bring a new challenge and make the relay forget older ones.
-      if self._priority:
-        event_id = self._priority.popleft()
-      elif self._ready and not self._auth_waiting:
-        event_id = self._ready.popleft()
-      else:
-        break
-      entry = self._pending.get(event_id)
-      if entry is None or entry.state != READY:
-        continue
-      if entry.attempts >= self.max_attempts:
-        self._finish_locked(event_id, False, OUTCOME_TRANSIENT_EXHAUSTED,
-                            entry.message or "no final answer")
-        continue
-      entry.state = SENT
-      entry.attempts += 1
-      entry.sent_at = now
-      frames.append(entry.frame)
-      self._counts["sent"] += 1
+    # While an AUTH round is in progress only its own resends go out: every event
+    # refused meanwhile would bring a new challenge and make the relay forget older ones.
+    frames = self._events.take_frames([auth] if auth else [], self._auth.round_open,
+                                      self._clock())
     return frames, self._ws, self._gen
 
   def _next_wait_locked(self) -> float:
     now = self._clock()
-    deadlines = [e.sent_at + self.ack_timeout for e in self._pending.values() if e.state == SENT]
-    deadlines += [sent + self.ack_timeout for _, sent, _ in self._auth_inflight.values()]
-    if self._auth_waiting and self._auth_not_before > now:
-      deadlines.append(self._auth_not_before)
+    deadlines = (self._events.sent_deadlines(self.ack_timeout)
+                 + self._auth.deadlines(now, self.ack_timeout))
     if not deadlines:
       return 1.0
     return min(1.0, max(0.01, min(deadlines) - now))
@@ -375,21 +264,15 @@ class RelayPublisher(Nip42Mixin):
   def _expire_locked(self) -> None:
     """Resends events (and retries AUTHs) that got no answer within ack_timeout."""
     now = self._clock()
-    for auth_id, (pubkey, sent, challenge) in list(self._auth_inflight.items()):
-      if now - sent >= self.ack_timeout:
-        del self._auth_inflight[auth_id]
-        self._stale_challenge = challenge
-        self._auth_transient_locked(pubkey, "no answer to AUTH within %.1f s" % self.ack_timeout,
-                                    backoff=True)
+    self._auth.expire(now, self.ack_timeout)
     # Events waiting for an AUTH round are bounded by the round's own limits.
-    expired = [event_id for event_id, e in self._pending.items()
-               if e.state == SENT and now - e.sent_at >= self.ack_timeout]
+    expired = self._events.expired(now, self.ack_timeout)
     if not expired:
       return
     _LOG.info("%d events without an answer from %s within %.1f s; resending",
               len(expired), self.url, self.ack_timeout)
     for event_id in expired:
-      self._retry_locked(event_id, "no answer within %.1f s" % self.ack_timeout, delay=False)
+      self._events.retry(event_id, "no answer within %.1f s" % self.ack_timeout, delay=False)
     # A connection that has been silent the whole time is probably dead.
     if self._ws is not None and now - self._last_recv >= self.ack_timeout:
       self._drop_connection_locked("silent for %.1f s" % (now - self._last_recv))
@@ -448,33 +331,22 @@ class RelayPublisher(Nip42Mixin):
       if failures >= self.max_attempts:
         message = "could not connect after %d tries: %s" % (failures, type(exc).__name__)
         _LOG.warning("%s: %s; failing %d events, and those of the next %.0f s",
-                     self.url, message, len(self._pending), self.down_retry_interval)
-        for event_id in list(self._pending):
-          self._finish_locked(event_id, False, OUTCOME_TRANSIENT_EXHAUSTED, message)
+                     self.url, message, len(self._events), self.down_retry_interval)
+        self._events.fail_all(message)
         self._connect_failures = 0
         self._down_until = self._clock() + self.down_retry_interval
         self._down_message = message
         return
-    delay = backoff_delay(failures, self.backoff_base, self.backoff_cap)
+    delay = exponential_backoff(failures, self.backoff_base, self.backoff_cap)
     _LOG.info("cannot connect to %s (%s); retrying in %.2f s", self.url,
               type(exc).__name__, delay)
     self._sleep(delay)
 
   def _clear_auth_state_locked(self) -> None:
-    self._challenge = None
-    self._stale_challenge = None
-    self._used_challenge = None
-    self._reusable = None
-    self._probed = False
-    self._authed.clear()
-    self._unlocks_all = None
-    self._auth_inflight.clear()
-    self._auth_failures.clear()
-    self._auth_waiting.clear()
-    self._auth_not_before = float("-inf")
-    self._outbox.clear()
-    self._ready.extend(self._priority)
-    self._priority.clear()
+    """Forgets the connection's AUTH state; the events its round prioritised join the ready
+    queue again."""
+    self._auth.reset()
+    self._events.requeue_priority()
 
   def _reset_connection_locked(self) -> int:
     """Forgets per-connection state; unanswered events go back to the ready queue.
@@ -483,10 +355,7 @@ class RelayPublisher(Nip42Mixin):
       How many events were unanswered (to be resent).
     """
     self._clear_auth_state_locked()
-    unanswered = [i for i, e in self._pending.items() if e.state in (SENT, AUTH_WAIT)]
-    for event_id in unanswered:
-      self._retry_locked(event_id, "connection lost", delay=False)
-    return len(unanswered)
+    return self._events.resend_unanswered()
 
   def _connection_lost(self, gen: int, reason: str) -> None:
     with self._cond:
@@ -522,14 +391,10 @@ class RelayPublisher(Nip42Mixin):
           self._on_ok_locked(msg, gen)
         elif msg[0] == "AUTH" and len(msg) >= 2 and isinstance(msg[1], str):
           if gen == self._gen:
-            # Answered by the sender thread (_auth_step_locked), once the answers in
-            # flight have arrived: only the newest challenge is worth answering.
-            self._challenge = msg[1]
-            self._probed = False
-            self._cond.notify_all()
+            self._auth.on_challenge(msg[1])
         elif msg[0] == "NOTICE":
           self._notices += 1
-          level = logging.INFO if self._notices <= _NOTICES_LOGGED else logging.DEBUG
+          level = logging.INFO if self._notices <= NOTICES_LOGGED else logging.DEBUG
           _LOG.log(level, "NOTICE from %s: %.200s", self.url, msg[1] if len(msg) > 1 else "")
 
   def _on_ok_locked(self, msg: list, gen: int) -> None:
@@ -538,31 +403,30 @@ class RelayPublisher(Nip42Mixin):
     if not isinstance(event_id, str) or not isinstance(accepted, bool):
       _LOG.debug("skipping a malformed OK from %s", self.url)
       return
-    if event_id in self._auth_inflight:
-      self._on_auth_ok_locked(event_id, accepted, message, gen)
+    if self._auth.is_answer(event_id):
+      self._auth.on_answer(event_id, accepted, message, current=gen == self._gen)
       return
     if gen == self._gen:
       self._flaps = 0
-    entry = self._pending.get(event_id)
+    entry = self._events.get(event_id)
     if entry is None:
       return  # a late answer to an event already resolved
     prefix = message_prefix(message)
-    if self._auth_waiting:
+    if self._auth.round_open:
       self._cond.notify_all()  # one answer less in flight: the AUTH round may go on
     if accepted or prefix == "duplicate":
       outcome = OUTCOME_DUPLICATE if prefix == "duplicate" else OUTCOME_ACCEPTED
-      self._finish_locked(event_id, True, outcome, message)
-      if gen == self._gen and entry.event.get("pubkey") in self._auth_waiting:
-        # The relay takes this pubkey's events now: its waiting ones need no AUTH.
-        self._release_auth_waiting_locked(entry.event["pubkey"])
+      self._events.finish(event_id, True, outcome, message)
+      if gen == self._gen:
+        self._auth.on_accepted(entry.event.get("pubkey"))
       return
     if entry.state != SENT:
       return  # a refusal of an earlier send: the current one is still coming
     if prefix in TRANSIENT_PREFIXES:
-      self._retry_locked(event_id, message, delay=True)
+      self._events.retry(event_id, message, delay=True)
     elif prefix == "auth-required" and gen == self._gen:
-      self._need_auth_locked(event_id, entry, message)
+      self._auth.on_auth_required(event_id, entry, message)
     elif prefix == "auth-required":
-      self._retry_locked(event_id, message, delay=False)
+      self._events.retry(event_id, message, delay=False)
     else:
-      self._finish_locked(event_id, False, OUTCOME_PERMANENT, message)
+      self._events.finish(event_id, False, OUTCOME_PERMANENT, message)

@@ -14,12 +14,13 @@ from typing import Any, Dict, Iterator, List, Optional, Set
 
 import websocket
 
+from transforms.core.backoff import exponential_backoff
 from transforms.clients.relay.common import (
     TRANSIENT_PREFIXES,
     RelayError,
-    backoff_delay,
     close_quietly,
     decode_message,
+    is_event_shape,
     message_prefix,
     validate_relay_url,
 )
@@ -49,9 +50,7 @@ def _read_page(ws, flt: Dict[str, Any], timeout: float) -> List[dict]:
       continue
     if kind == "EVENT":
       event = msg[2] if len(msg) > 2 else None
-      if (isinstance(event, dict) and isinstance(event.get("id"), str)
-          and isinstance(event.get("created_at"), int)
-          and not isinstance(event.get("created_at"), bool)):
+      if is_event_shape(event):
         events.append(event)
       else:
         _LOG.debug("skipping a malformed EVENT message on %s", sub_id)
@@ -118,7 +117,7 @@ def fetch_events(url: str, base_filter: Dict[str, Any], page_size: int = 500,
           reconnects += 1
           _LOG.warning("reading %s: connection lost (%s); reconnecting (try %d of %d)", url,
                        type(exc).__name__, attempt + 1, _FETCH_TRIES)
-          time.sleep(backoff_delay(attempt, 0.5, 5.0))
+          time.sleep(exponential_backoff(attempt, 0.5, 5.0))
       pages += 1
       new = [e for e in page if e["id"] not in seen]
       if not new:

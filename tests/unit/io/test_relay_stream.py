@@ -1,13 +1,13 @@
-"""Tests for transforms.io.relay_subscription against real LocalRelay processes (devstack.relay).
+"""Tests for transforms.io.relay_stream: the streaming source (SubscribeRelayEvents and its
+splittable DoFn), against real LocalRelay processes (devstack.relay).
 
 The FnApiRunner behind the DirectRunner cannot run an unbounded SDF through a
-GroupByKey, so the subscription client is tested directly and the SDF's
-process() is driven the way a runner drives it: a real tracker and watermark
-estimator per call, the deferred residual fed to the next call.
+GroupByKey, so the SDF's process() is driven the way a runner drives it: a real
+tracker and watermark estimator per call, the deferred residual fed to the next
+call. The subscription client itself is tested in
+tests/unit/clients/relay/test_subscription.py.
 """
 
-import json
-import threading
 import time
 
 import apache_beam as beam
@@ -20,61 +20,20 @@ from apache_beam.runners.sdf_utils import RestrictionTrackerView, ThreadsafeRest
 from apache_beam.testing import test_pipeline, test_stream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.timestamp import Duration, Timestamp
-from websockets.sync.server import serve
 
 from devstack.relay import RelayProcess
-from transforms.runtime.accounting import NAMESPACE
-from transforms.nostr.event import Signer, generate_private_key
-from transforms.core.records import VIDEO_KIND
-from transforms.clients.relay.publisher import RelayPublisher
-from transforms.io.relay_subscription import (
+from tests.unit.clients.relay.helpers import publish_accepted, sorted_ids, video_event
+from transforms.io.relay_stream import (
     MAX_POSITION,
     OWN_EVENTS_IGNORED,
     ReadRelaySubscriptionFn,
-    RelaySubscriptionClient,
     SubscribeRelayEvents,
     SubscriptionTracker,
     is_own_event,
 )
+from transforms.runtime.accounting import NAMESPACE
 
 _UID = "0123456789abcdef0123456789abcdef"
-_SIGNER = Signer(generate_private_key())
-
-
-def _event(created_at, n, tags=()):
-  return _SIGNER.sign({"created_at": created_at, "kind": VIDEO_KIND,
-                       "tags": [["d", "vine%07d" % n]] + [list(t) for t in tags],
-                       "content": "video %d" % n})
-
-
-def _publish(url, events):
-  with RelayPublisher(url) as pub:
-    for event in events:
-      pub.submit(event)
-    results = pub.drain(timeout=20)
-  assert all(r.accepted for r in results), [r.message for r in results]
-
-
-def _collect(client, want, timeout=10.0):
-  """Polls until `want` events came (then 0.3 s more, to catch extras) or timeout."""
-  got = []
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline and len(got) < want:
-    event = client.poll(deadline - time.monotonic())
-    if event is not None:
-      got.append(event)
-  got.extend(client.events(max_seconds=0.3))
-  return got
-
-
-def _ids(events):
-  return sorted(e["id"] for e in events)
-
-
-@pytest.fixture(scope="module")
-def relay():
-  with RelayProcess() as proc:
-    yield proc
 
 
 # ---------------------------------------------------------------------------
@@ -110,8 +69,9 @@ def test_tracker_repeats_claims_checkpoints_and_refuses_other_splits():
 
 def test_composite_drops_own_events_and_duplicates_across_relays():
   now = int(time.time())
-  first, second = _event(now - 5, 1), _event(now - 4, 2)
-  own = _event(now - 3, 3, tags=[["migration", "openvine-to-stream", _UID], ["stream_uid", _UID]])
+  first, second = video_event(now - 5, 1), video_event(now - 4, 2)
+  own = video_event(now - 3, 3,
+                    tags=[["migration", "openvine-to-stream", _UID], ["stream_uid", _UID]])
   stream = (test_stream.TestStream()
             .advance_watermark_to(0)
             .add_elements([first, own, second])
@@ -127,77 +87,6 @@ def test_composite_drops_own_events_and_duplicates_across_relays():
   counters = result.metrics().query(
       MetricsFilter().with_namespace(NAMESPACE).with_name(OWN_EVENTS_IGNORED))["counters"]
   assert sum(c.committed for c in counters) == 1
-
-
-# ---------------------------------------------------------------------------
-# The client against a real relay.
-
-
-def test_client_reads_backlog_since_then_live_events_once(relay):
-  now = int(time.time())
-  before = [_event(now - 30 + i, 100 + i) for i in range(5)]
-  too_old = _event(now - 500, 99)
-  _publish(relay.url, before + [too_old])
-  with RelaySubscriptionClient(relay.url, {"kinds": [VIDEO_KIND]}, since=now - 60) as client:
-    got = _collect(client, 5)
-    assert _ids(got) == _ids(before)
-    live = [_event(int(time.time()), 200 + i) for i in range(3)]
-    _publish(relay.url, live)
-    got_live = _collect(client, 3)
-    assert _ids(got_live) == _ids(live)
-    assert client.reconnects == 0 and client.received == 8
-
-
-def test_client_reconnects_after_restart_and_misses_nothing(tmp_path):
-  with RelayProcess(lmdb=str(tmp_path / "lmdb")) as proc:
-    now = int(time.time())
-    first = [_event(now - 3, 300 + i) for i in range(4)]
-    _publish(proc.url, first)
-    client = RelaySubscriptionClient(proc.url, {"kinds": [VIDEO_KIND]}, since=now - 60,
-                                     backoff_base=0.1, backoff_cap=0.5)
-    with client:
-      assert _ids(_collect(client, 4)) == _ids(first)
-      proc.stop()
-      assert client.poll(0.5) is None and not client.connected
-      proc.start()
-      # Published while the client is still disconnected: one at the second it saw last,
-      # which only an inclusive, overlapping `since` re-reads.
-      during = [_event(now - 3, 400), _event(int(time.time()), 401)]
-      _publish(proc.url, during)
-      got = _collect(client, 2)
-      assert _ids(got) == _ids(during)
-      assert client.reconnects >= 1 and client.duplicates >= 4  # the overlap was re-read
-      after = [_event(int(time.time()), 402)]
-      _publish(proc.url, after)
-      assert _ids(_collect(client, 1)) == _ids(after)
-
-
-def test_client_pages_back_when_the_relay_caps_stored_events():
-  now = int(time.time())
-  stored = [_event(now - 100 + i // 3, 700 + i) for i in range(40)]  # 3 per second
-  cap = 10
-
-  def handle(conn):
-    for raw in conn:
-      msg = json.loads(raw)
-      if msg[0] != "REQ":
-        continue
-      flt = msg[2]
-      match = [e for e in stored if flt.get("since", 0) <= e["created_at"]
-               <= flt.get("until", now + 10)]
-      match.sort(key=lambda e: (-e["created_at"], e["id"]))
-      for event in match[:min(cap, flt.get("limit", cap))]:
-        conn.send(json.dumps(["EVENT", msg[1], event]))
-      conn.send(json.dumps(["EOSE", msg[1]]))
-
-  with serve(handle, "127.0.0.1", 0) as server:
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = "ws://127.0.0.1:%d" % server.socket.getsockname()[1]
-    with RelaySubscriptionClient(url, {"kinds": [VIDEO_KIND]}, since=now - 200,
-                                 page_size=cap) as client:
-      got = _collect(client, len(stored))
-    server.shutdown()
-  assert _ids(got) == _ids(stored)
 
 
 # ---------------------------------------------------------------------------
@@ -228,8 +117,8 @@ def test_sdf_checkpoints_resumes_and_survives_a_restart(tmp_path):
   try:
     with RelayProcess(lmdb=str(tmp_path / "lmdb")) as proc:
       now = int(time.time())
-      backlog = [_event(now - 20 + i, 500 + i) for i in range(5)]
-      _publish(proc.url, backlog)
+      backlog = [video_event(now - 20 + i, 500 + i) for i in range(5)]
+      publish_accepted(proc.url, backlog)
       element = (proc.url, now - 60)
       restriction, watermark = OffsetRange((now - 60) * 1000, MAX_POSITION), None
       seen, delays = [], []
@@ -242,7 +131,7 @@ def test_sdf_checkpoints_resumes_and_survives_a_restart(tmp_path):
         seen.extend(v.value for v in out)
         delays.append(delay)
       # 5 events with a budget of 3: a full bundle resumes at once, an idle one after a delay.
-      assert _ids(seen) == _ids(backlog)
+      assert sorted_ids(seen) == sorted_ids(backlog)
       assert delays[0] == Duration(0) and Duration(0.5) < delays[-1] <= Duration(1.0)
       # Two checkpoints inside the newest event's second, no drift past it.
       assert restriction.start == max(e["created_at"] for e in backlog) * 1000 + 2
@@ -252,23 +141,23 @@ def test_sdf_checkpoints_resumes_and_survives_a_restart(tmp_path):
       out, restriction, _, watermark = _bundle(fn, element, restriction, watermark)
       assert out == []
       proc.start()
-      during = [_event(int(time.time()) - 1, 600), _event(int(time.time()), 601)]
-      _publish(proc.url, during)
+      during = [video_event(int(time.time()) - 1, 600), video_event(int(time.time()), 601)]
+      publish_accepted(proc.url, during)
       got = []
       for _ in range(6):
         out, restriction, _, watermark = _bundle(fn, element, restriction, watermark)
         got.extend(v.value for v in out)
         if len(got) >= 2:
           break
-      assert _ids(got) == _ids(during)
+      assert sorted_ids(got) == sorted_ids(during)
 
       # The residual moves to another worker: a new subscription from start - overlap.
       # It may re-read the overlap (the composite's dedupe drops those), never loses.
       other = ReadRelaySubscriptionFn(idle_seconds=0.5, max_bundle_seconds=3.0)
       other.setup()
       try:
-        last = [_event(int(time.time()), 602)]
-        _publish(proc.url, last)
+        last = [video_event(int(time.time()), 602)]
+        publish_accepted(proc.url, last)
         out, _, _, _ = _bundle(other, element, restriction, watermark)
         ids = {v.value["id"] for v in out}
         assert last[0]["id"] in ids
@@ -282,5 +171,6 @@ def test_sdf_checkpoints_resumes_and_survives_a_restart(tmp_path):
 def test_sdf_ends_the_restriction_of_a_bad_url_instead_of_failing():
   fn = ReadRelaySubscriptionFn()
   fn.setup()
-  out, residual, _, _ = _bundle_or_none(fn, ("http://relay.example", 0), OffsetRange(0, MAX_POSITION))
+  out, residual, _, _ = _bundle_or_none(fn, ("http://relay.example", 0),
+                                        OffsetRange(0, MAX_POSITION))
   assert out == [] and residual is None

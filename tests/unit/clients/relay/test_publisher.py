@@ -1,0 +1,259 @@
+"""Tests for transforms.clients.relay.publisher (RelayPublisher) against real LocalRelay
+processes (devstack.relay).
+
+The retry paths that a real relay does not produce on demand (rate-limited,
+error:, a lost OK) use a tiny scripted relay built on the websockets package. The
+publish stage's answer to an event repeated in a bundle is tested here too: it
+rests on the publisher answering every token an event was submitted with.
+"""
+
+import json
+import threading
+import time
+
+import pytest
+from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from devstack.relay import RelayProcess, free_port
+from tests.support.ws_server import ThreadedServer
+from tests.unit.clients.relay.helpers import publish_all, signed_notes
+from transforms.clients.relay.outcomes import (
+    OUTCOME_ACCEPTED,
+    OUTCOME_DUPLICATE,
+    OUTCOME_PERMANENT,
+    OUTCOME_TRANSIENT_EXHAUSTED,
+)
+from transforms.clients.relay.publisher import RelayPublisher
+from transforms.clients.relay.reader import fetch_events
+from transforms.core import records
+from transforms.core.records import WorkItem
+from transforms.nostr.event import Signer, generate_private_key
+from transforms.stages.publish import PublishEventsFn
+
+
+# ---------------------------------------------------------------------------
+# Real relay: writing (and reading back)
+
+
+def test_publish_2000_pipelined_then_fetch_pages_each_event_once(relay):
+  signer = Signer(generate_private_key())
+  # 3 events per second so that page boundaries fall inside shared seconds.
+  events = signed_notes(signer, 2000, per_second=3)
+  results = publish_all(relay.url, events)
+  assert len(results) == 2000
+  assert {r.outcome for r in results} == {OUTCOME_ACCEPTED}
+  assert all(r.accepted and r.relay == relay.url for r in results)
+  assert sorted(r.token for r in results) == list(range(2000))
+
+  fetched = list(fetch_events(relay.url, {"authors": [signer.pubkey], "kinds": [1]},
+                              page_size=500))
+  assert len(fetched) == 2000
+  assert {e["id"] for e in fetched} == {e["id"] for e in events}
+
+
+def test_resending_the_same_event_is_a_duplicate_success(relay):
+  event = signed_notes(Signer(generate_private_key()), 1)[0]
+  with RelayPublisher(relay.url) as pub:
+    pub.submit(event, token="first")
+    first = pub.drain(timeout=10)
+    pub.submit(event, token="second")
+    second = pub.drain(timeout=10)
+  assert [(r.token, r.outcome, r.accepted) for r in first] == [("first", OUTCOME_ACCEPTED, True)]
+  assert [(r.token, r.outcome, r.accepted) for r in second] == [
+      ("second", OUTCOME_DUPLICATE, True)]
+  assert second[0].message.startswith("duplicate:")
+
+
+def test_addressable_event_with_higher_created_at_replaces(relay):
+  signer = Signer(generate_private_key())
+  base = int(time.time()) - 1000
+  old = signer.sign({"created_at": base, "kind": 32222, "tags": [["d", "vine-1"]],
+                     "content": "old"})
+  new = signer.sign({"created_at": base + 1, "kind": 32222, "tags": [["d", "vine-1"]],
+                     "content": "new"})
+  assert all(r.accepted for r in publish_all(relay.url, [old]))
+  assert all(r.accepted for r in publish_all(relay.url, [new]))
+  fetched = list(fetch_events(relay.url, {"kinds": [32222], "authors": [signer.pubkey],
+                                          "#d": ["vine-1"]}))
+  assert [e["id"] for e in fetched] == [new["id"]]
+
+
+def test_forged_id_is_permanent_with_the_relays_message(relay):
+  event = dict(signed_notes(Signer(generate_private_key()), 1)[0])
+  event["id"] = "ab" * 32
+  results = publish_all(relay.url, [event])
+  assert len(results) == 1
+  assert results[0].outcome == OUTCOME_PERMANENT and not results[0].accepted
+  assert results[0].message.startswith("invalid:")
+  assert results[0].attempts == 1
+
+
+def test_poll_is_non_blocking_and_returns_each_result_once(relay):
+  events = signed_notes(Signer(generate_private_key()), 50)
+  with RelayPublisher(relay.url) as pub:
+    for event in events:
+      pub.submit(event)
+    seen = []
+    deadline = time.monotonic() + 10
+    while len(seen) < 50 and time.monotonic() < deadline:
+      seen += pub.poll()
+      time.sleep(0.01)
+    assert pub.drain(timeout=1) == []
+  assert sorted(r.event_id for r in seen) == sorted(e["id"] for e in events)
+
+
+def test_unencodable_event_is_refused_at_submit(relay):
+  event = dict(signed_notes(Signer(generate_private_key()), 1)[0])
+  event["content"] = "bad \ud800 surrogate"
+  with RelayPublisher(relay.url) as pub:
+    with pytest.raises(ValueError):
+      pub.submit(event)
+
+
+# ---------------------------------------------------------------------------
+# Real relay: outages
+
+
+def test_relay_restarted_mid_publish_loses_nothing(tmp_path):
+  signer = Signer(generate_private_key())
+  events = signed_notes(signer, 1500)
+  with RelayProcess(lmdb=str(tmp_path / "lmdb")) as proc:
+    pub = RelayPublisher(proc.url, max_in_flight=100)
+    for event in events[:300]:
+      pub.submit(event)
+    results = pub.drain(timeout=10)
+    feeder = threading.Thread(target=lambda: [pub.submit(e) for e in events[300:]])
+    feeder.start()
+    time.sleep(0.05)
+    proc.stop()
+    time.sleep(2.0)
+    proc.start()
+    feeder.join(30)
+    results += pub.drain(timeout=30)
+    pub.close()
+    assert len(results) == 1500
+    assert all(r.accepted for r in results), {r.outcome for r in results}
+    assert {r.event_id for r in results} == {e["id"] for e in events}
+    fetched = list(fetch_events(proc.url, {"authors": [signer.pubkey]}))
+    assert {e["id"] for e in fetched} == {e["id"] for e in events}
+
+
+def test_relay_down_at_start_that_comes_up_within_the_backoff_window():
+  proc = RelayProcess(port=free_port())
+  url = proc.url
+  events = signed_notes(Signer(generate_private_key()), 20)
+  starter = threading.Timer(1.0, proc.start)
+  starter.start()
+  try:
+    results = publish_all(url, events)
+  finally:
+    starter.join()
+    proc.stop()
+  assert len(results) == 20 and all(r.accepted for r in results)
+
+
+def test_relay_that_never_comes_up_exhausts():
+  url = "ws://127.0.0.1:%d" % free_port()
+  sleeps = []
+  results = publish_all(url, signed_notes(Signer(generate_private_key()), 3), max_attempts=3,
+                     sleep=sleeps.append)
+  assert [r.outcome for r in results] == [OUTCOME_TRANSIENT_EXHAUSTED] * 3
+  assert "could not connect" in results[0].message
+  assert len(sleeps) == 2 and 0.25 <= sleeps[0] <= 0.5 and 0.5 <= sleeps[1] <= 1.0
+
+
+# ---------------------------------------------------------------------------
+# Scripted relay for the retry paths.
+
+
+class _ScriptedRelay(ThreadedServer):
+  """Answers each EVENT with the next scripted reply (None: no answer) then `true`."""
+
+  def __init__(self, replies):
+    self.replies = list(replies)
+    self.received = []
+    super().__init__()
+
+  def _handle(self, conn):
+    for raw in conn:
+      msg = json.loads(raw)
+      if msg[0] != "EVENT":
+        continue
+      self.received.append(msg[1]["id"])
+      reply = self.replies.pop(0) if self.replies else (True, "")
+      if reply is not None:
+        conn.send(json.dumps(["OK", msg[1]["id"], reply[0], reply[1]]))
+
+
+def test_rate_limited_twice_then_accepted_with_backoff():
+  sleeps = []
+  event = signed_notes(Signer(generate_private_key()), 1)[0]
+  with _ScriptedRelay([(False, "rate-limited: slow down"), (False, "error: busy")]) as fake:
+    results = publish_all(fake.url, [event], sleep=sleeps.append, backoff_base=0.5)
+  assert [(r.outcome, r.attempts) for r in results] == [(OUTCOME_ACCEPTED, 3)]
+  assert fake.received == [event["id"]] * 3
+  assert len(sleeps) == 2
+  assert 0.25 <= sleeps[0] <= 0.5 and 0.5 <= sleeps[1] <= 1.0
+
+
+def test_transient_errors_exhaust_after_max_attempts():
+  event = signed_notes(Signer(generate_private_key()), 1)[0]
+  with _ScriptedRelay([(False, "error: database locked")] * 10) as fake:
+    results = publish_all(fake.url, [event], sleep=lambda s: None, max_attempts=4)
+  assert [(r.outcome, r.attempts, r.accepted) for r in results] == [
+      (OUTCOME_TRANSIENT_EXHAUSTED, 4, False)]
+  assert results[0].message == "error: database locked"
+  assert len(fake.received) == 4
+
+
+def test_publish_stage_answers_every_item_even_when_an_event_repeats_in_a_bundle():
+  """Both events of an --event-kind both item go out; an item listed twice (a dead letter
+  replayed twice) is sent once and both copies are answered: no vine goes missing."""
+  signer = Signer(generate_private_key())
+  old, new, video = [signer.sign({"kind": kind, "created_at": at, "content": "",
+                                  "tags": [["d", "MYxVapFvz2z"]]})
+                     for kind, at in ((32222, 1), (32222, 2), (34236, 2))]
+  item = WorkItem(vine_id="MYxVapFvz2z", source=records.to_source_event(old),
+                  migration={"uid": "0" * 32}, signed=new, signed_video=video)
+  windowed = WindowedValue(None, 0, [GlobalWindow()])
+  with _ScriptedRelay([]) as fake:
+    fn = PublishEventsFn([fake.url], "run-1", max_attempts=1)
+    fn.setup()
+    try:
+      fn.start_bundle()
+      outputs = (list(fn.process(item, windowed)) + list(fn.process(item, windowed))
+                 + list(fn.finish_bundle()))
+    finally:
+      fn.teardown()
+  results = [o.value for o in outputs if not isinstance(o, TaggedOutput)]
+  assert [(r["event_id"], r["video_event_id"], r["kinds"], r["relays"]) for r in results] == [
+      (new["id"], video["id"], [32222, 34236], [fake.url])] * 2
+  assert sorted(fake.received) == sorted([new["id"], video["id"]])
+  assert not [o for o in outputs if isinstance(o, TaggedOutput) and o.tag == "dead_letter"]
+
+
+def test_lost_ok_is_resent_after_ack_timeout():
+  event = signed_notes(Signer(generate_private_key()), 1)[0]
+  with _ScriptedRelay([None]) as fake:
+    results = publish_all(fake.url, [event], ack_timeout=0.3, sleep=lambda s: None)
+  assert [(r.outcome, r.attempts) for r in results] == [(OUTCOME_ACCEPTED, 2)]
+
+
+def test_other_refusals_are_permanent_and_duplicate_false_is_success():
+  signer = Signer(generate_private_key())
+  events = signed_notes(signer, 4)
+  replies = [(False, "blocked: no"), (False, "pow: difficulty 20"), (False, "weird"),
+             (False, "duplicate: have it")]
+  with _ScriptedRelay(replies) as fake:
+    with RelayPublisher(fake.url, sleep=lambda s: None) as pub:
+      results = []
+      for event in events:  # one at a time so replies match events in order
+        pub.submit(event)
+        results += pub.drain(timeout=5)
+  assert [(r.outcome, r.accepted, r.message) for r in results] == [
+      (OUTCOME_PERMANENT, False, "blocked: no"),
+      (OUTCOME_PERMANENT, False, "pow: difficulty 20"),
+      (OUTCOME_PERMANENT, False, "weird"),
+      (OUTCOME_DUPLICATE, True, "duplicate: have it")]
