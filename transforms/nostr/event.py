@@ -164,7 +164,7 @@ class Signer:
   coincurve's `PrivateKey.sign_schnorr` rebuilds the key pair (about 36 us) and reads
   os.urandom on every call: two more calls that release the GIL, and in the busy
   pipeline process each cost the bundle thread 0.4-1 ms of waiting to get it back
-  (README, Performance). Here the key pair and x-only public key are built once and the
+  (docs/performance.md). Here the key pair and x-only public key are built once and the
   BIP-340 auxiliary randomness is SHA-256(per-process secret salt || message): BIP-340
   nonces stay secret with any aux value (fresh randomness only hardens against side
   channels). Every signature is still verified before it is returned. repr() never
