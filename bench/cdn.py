@@ -23,7 +23,7 @@ import sys
 import threading
 from typing import List, Optional
 
-from devstack.emulator import _make_thumbnail  # pylint: disable=protected-access
+from devstack.emulator_media import _make_thumbnail  # pylint: disable=protected-access
 from devstack.processes import terminate
 
 _THUMB_SUFFIX = b"/thumbnails/thumbnail.jpg"

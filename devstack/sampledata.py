@@ -13,6 +13,9 @@
 * `manifest.json`: counts, the planted failures with the outcome the pipeline
   must reach for each, and `expected_published`.
 
+What each vine, row and event looks like is `devstack.sample_corpus`; this module
+puts them together, plants the failures and writes the files.
+
 Every byte is a function of the seed: private keys are drawn from the seeded
 generator (not os.urandom, as `generate_private_key` does) and so is the BIP-340
 aux randomness of each signature, so keys.db, event ids and signatures repeat.
@@ -24,13 +27,13 @@ import argparse
 import json
 import os
 import random
-import re
 import sqlite3
 import sys
 from typing import Any, Dict, List, Optional
 
 import coincurve
 
+from devstack import sample_corpus as corpus
 from transforms.nostr.event import Signer, compute_event_id, nsec_encode
 
 try:  # coincurve's cffi layer: lets one keypair sign many events without re-verifying
@@ -42,56 +45,9 @@ except ImportError:  # pragma: no cover - other coincurve layouts use the public
 
 KIND = 32222
 DEFAULT_MEDIA_BASE = "https://api.openvine.co"
-VINE_START = 1358985600  # 2013-01-24
-VINE_END = 1484611200  # 2017-01-17
-LOOPS_START = 1396310400  # 2014-04-01: loop counts exist from here
-EVENTS_START = 1748736000  # 2025-06-01
-EVENTS_END = 1761955199  # 2025-10-31
-LOOP_RECORD = 328_000_000
-ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-# Leading characters roughly follow time (b9KOOWX7HUx 2013 ... 5002wXwQOKX 2016).
-_ID_LEAD = {2013: "bhMO", 2014: "MOei", 2015: "ei5I", 2016: "5IZ0", 2017: "Z0"}
 KEYS_SCHEMA = ("CREATE TABLE user_migrations (username TEXT PRIMARY KEY, "
                "nostr_public_key TEXT, nostr_private_key TEXT)")
-PLACEHOLDER_TITLES = ("Rescued Vine video", "Untitled")
-# The seed query's REGEXP_EXTRACT_ALL(description, r'#\w+') under RE2, whose \w is ASCII.
-_BQ_HASHTAG = re.compile(r"#([0-9A-Za-z_]+)")
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-
-_FIRST = ("Jake", "Maria", "Yuki", "Dan", "Brittany", "Marcus", "Sofia", "Chris", "Amanda",
-          "Kevin", "Lele", "Nash", "Rudy", "Zach", "Aya", "Omar", "Ivan", "Nong", "Lucía")
-_LAST = ("Gomez", "Smith", "Tanaka", "Johnson", "Lee", "Kim", "Petrov", "Haddad", "Ortiz")
-_NATIVE = ("김민지", "さくら🌸", "Саша", "سارة", "ปุ๊กกี้", "José Ñúñez", "みゆき", "Дима 🐻", "민준")
-_EMOJI = ("😂", "🔥", "❤️", "👍🏽", "👨‍👩‍👧", "🏳️‍🌈", "🤦🏻‍♂️", "💯", "🙌🏿", "😭", "✌️", "👀",
-          "🐶", "🎶", "👩🏾‍🍳")
-_TEXT = {
-    "en": ("when your mom calls you by your full name", "wait for it", "I can't even",
-           "this is so me", "do it for the vine", "me every monday morning", "why are you running",
-           "and that's how I met your mother", "road trip", "my dog is better than yours",
-           "first day of school", "nobody:", "what are those", "on fleek", "hi"),
-    "ja": ("かわいい", "猫が好き", "今日の朝ごはん", "おはよう", "やばい笑", "ねこ動画"),
-    "ko": ("오늘 너무 웃겨", "사랑해", "방탄소년단 최고", "귀여워", "ㅋㅋㅋㅋ"),
-    "ar": ("ضحك حتى البكاء", "صباح الخير", "هههههه", "يا سلام"),
-    "ru": ("лучшее видео", "смешно до слёз", "институт", "привет всем"),
-    "th": ("ตลกมาก", "สวัสดีครับ", "น่ารักจัง"),
-    "es": ("¡Feliz Año Nuevo!", "qué risa", "mañana otra vez", "jajaja niño", "el señor del café"),
-}
-_NON_ASCII_LANGS = ("ja", "ko", "ar", "ru", "th", "es")
-_TAGS_ASCII = ("#vine", "#funny", "#lol", "#BTS", "#comedy", "#DoItForTheVine", "#MagicHour",
-               "#6secondsofme", "#RevineIfYouLaughed", "#dogsofvine", "#Music", "#art",
-               "#howto", "#vine_2014", "#LOL")
-_TAGS_OTHER = ("#防弾少年団", "#방탄소년단", "#институт", "#かわいい", "#ตลก", "#FelizAñoNuevo",
-               "#Año2015", "#niño", "#café", "#Ñandú")
-
-
-def bigquery_hashtags(description: Optional[str]) -> List[str]:
-  """What the seed query's hashtags column holds: ASCII-only `#\\w+`, lower-cased, distinct."""
-  seen: List[str] = []
-  for tag in _BQ_HASHTAG.findall(description or ""):
-    low = tag.lower()
-    if low not in seen:
-      seen.append(low)
-  return seen
 
 
 def _private_key(rng: random.Random) -> str:
@@ -141,121 +97,6 @@ class _AuthorSigner:
     return event
 
 
-def _display_name(rng: random.Random, user_id: int) -> str:
-  roll = rng.random()
-  if roll < 0.2:
-    return "vine_user_%d" % user_id
-  if roll < 0.3:
-    name = rng.choice(_NATIVE)
-    return name if rng.random() < 0.2 else "%s %d" % (name, rng.randrange(1, 10000))
-  name = rng.choice(_FIRST)
-  if rng.random() < 0.6:
-    name += " " + rng.choice(_LAST)
-  if rng.random() < 0.85:
-    name = rng.choice(("%s %d", "%s_%d", "%s%d")) % (name, rng.randrange(1, 100000))
-  if rng.random() < 0.15:
-    name += " " + rng.choice(_EMOJI)
-  if rng.random() < 0.12:
-    name += "  ig: %s_%s" % (name.split()[0].lower(), rng.randrange(10, 999))
-  return name
-
-
-def _caption(rng: random.Random) -> Optional[str]:
-  roll = rng.random()
-  if roll < 0.005:
-    return None
-  if roll < 0.04:
-    return ""
-  if roll < 0.06:
-    return rng.choice(PLACEHOLDER_TITLES)
-  lang = rng.choice(_NON_ASCII_LANGS) if rng.random() < 0.3 else "en"
-  parts = [rng.choice(_TEXT[lang])]
-  for _ in range(rng.choice((0, 1, 1, 2))):
-    parts.append(rng.choice(_TEXT[lang if rng.random() < 0.8 else "en"]))
-  text = " ".join(parts)
-  if rng.random() < 0.25:
-    text += " " + "".join(rng.choice(_EMOJI) for _ in range(rng.randint(1, 3)))
-  if rng.random() < 0.42:
-    count = min(14, 1 + int(rng.expovariate(1 / 1.6)))
-    for _ in range(count):
-      tag = rng.choice(_TAGS_OTHER) if rng.random() < 0.2 else rng.choice(_TAGS_ASCII)
-      # Tags are glued to the text as often as not (かわいい#BTS).
-      text += ("" if rng.random() < 0.3 else " ") + tag
-  if rng.random() < 0.12:
-    # Long runs of spaces, usually where a space already was.
-    spaces = [i for i, ch in enumerate(text) if ch == " "]
-    at = rng.choice(spaces) if spaces else len(text)
-    text = text[:at] + " " * rng.randint(3, 12) + text[at:]
-  if rng.random() < 0.01:
-    text += " \ufffd\ufffd"
-  return text[:140]
-
-
-def _vine_id(rng: random.Random, created: Optional[int], used: set) -> str:
-  year = 2013 + (created - VINE_START) * 4 // (VINE_END - VINE_START) if created else 2015
-  lead = _ID_LEAD.get(year, ID_ALPHABET)
-  while True:
-    vid = rng.choice(lead) + "".join(rng.choice(ID_ALPHABET) for _ in range(10))
-    if vid not in used:
-      used.add(vid)
-      return vid
-
-
-def _openvine_id(rng: random.Random, before: int, used: set) -> str:
-  while True:
-    ms = (before - rng.randint(60, 86400 * 3)) * 1000 + rng.randrange(1000)
-    oid = "%013d-%08x" % (ms, rng.getrandbits(32))
-    if oid not in used:
-      used.add(oid)
-      return oid
-
-
-def _row(rng: random.Random, vine_id: str, username: str, created: Optional[int],
-         description: Optional[str]) -> Dict[str, Any]:
-  joined = created is not None  # vine_posts side of the LEFT JOIN present
-  roll = rng.random()
-  if roll < 0.07:
-    loops = None
-  elif roll < (0.45 if (created or 0) < LOOPS_START else 0.2):
-    loops = 0
-  else:
-    loops = min(LOOP_RECORD, int(rng.lognormvariate(7.5, 2.2)))
-  likes = None if loops is None or rng.random() < 0.05 else round(loops * rng.uniform(0.01, 0.04))
-  if joined:
-    base = likes or rng.randint(0, 20)
-    comments = int(base * rng.uniform(0.02, 0.15))
-    reposts = int(base * rng.uniform(0.01, 0.2))
-  else:
-    comments = reposts = None
-  return {
-      "vineId": vine_id, "username": username, "description": description, "loops": loops,
-      "likes": likes, "comment_count": comments, "repost_count": reposts,
-      "created_timestamp": created, "hashtags": bigquery_hashtags(description),
-  }
-
-
-def _event_tags(rng: random.Random, vine_id: Optional[str], title: str, oid: str,
-                media_base: str, with_vine_id: bool) -> List[List[str]]:
-  url = "%s/media/%s" % (media_base, oid)
-  tags = [["d", vine_id]] if vine_id is not None else []
-  tags.append(["title", title])
-  variant = rng.random()
-  if variant < 0.75:
-    tags.append(["url", url])
-    if variant < 0.15:
-      tags.append(["imeta", "url " + url, "m video/mp4", "dim 480x480"])
-  elif variant < 0.88:
-    tags.append(["r", url])
-  else:
-    tags.append(["imeta", "url " + url, "m video/mp4", "dim 480x480", "duration 6"])
-  tags += [["m", "video/mp4"], ["dim", "480x480"], ["duration", "6"],
-           ["thumb", "%s/thumbnails/%s.jpg" % (media_base, oid)],
-           ["t", "vine"], ["t", "nostrvine"], ["alt", "Vine video: " + title[:80]],
-           ["client", "openvine"]]
-  if with_vine_id and vine_id is not None:
-    tags.append(["vine_id", vine_id])
-  return tags
-
 
 def _signed(signer: _AuthorSigner, created_at: int, tags, content: str) -> Dict[str, Any]:
   return signer.sign({"created_at": created_at, "kind": KIND, "tags": tags, "content": content})
@@ -278,167 +119,218 @@ def generate(out_dir: str, n: int, seed: int = 7, cdn_base: Optional[str] = None
   """
   if n < (4 if plant_failures else 1):
     raise ValueError("n must be at least %d" % (4 if plant_failures else 1))
-  rng = random.Random(seed)
-  media_base = (cdn_base or DEFAULT_MEDIA_BASE).rstrip("/")
+  sample = _Sample(random.Random(seed), (cdn_base or DEFAULT_MEDIA_BASE).rstrip("/"))
   os.makedirs(out_dir, exist_ok=True)
+  sample.add_authors(max(2, round(n / 3)), plant_failures)
+  sample.add_vines(n)
+  # Planted: the last keyed vine gets no event, the one before it a video the source lacks.
+  keyed = [v for v in sample.vines if v["author"] is not sample.no_key_author]
+  no_event_vine, missing_oid_vine = (keyed[-1], keyed[-2]) if plant_failures else (None, None)
+  sample.add_events(no_event_vine, missing_oid_vine)
+  expected_published = sum(1 for v in sample.vines if "event" in v)
+  if plant_failures:
+    expected_published += sample.plant(no_event_vine, missing_oid_vine, keyed[0]["author"])
+  sample.rng.shuffle(sample.events)
+  stored_oids = sample.stored_openvine_ids(n, missing_oid_vine)
+  stored_keys = _write_files(out_dir, sample, stored_oids)
+  manifest = _manifest(sample, seed, n, stored_keys, len(stored_oids), expected_published)
+  with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as f:
+    json.dump(manifest, f, ensure_ascii=False, indent=1)
+  return manifest
 
-  # Authors: display names are not unique; keys.db usernames must be.
-  n_authors = max(2, round(n / 3))
-  authors = []
-  pubkeys = set()
-  for _ in range(n_authors):
-    user_id = rng.randrange(10 ** 17, 10 ** 19)
-    if authors and rng.random() < 0.05:
-      name = rng.choice(authors)["name"]
-    else:
-      name = _display_name(rng, user_id)
-    priv = _private_key(rng)
-    signer = _AuthorSigner(priv, rng)
-    if signer.pubkey in pubkeys:
-      raise RuntimeError("duplicate public key")  # 2^-256; keeps the invariant explicit
-    pubkeys.add(signer.pubkey)
-    authors.append({"name": name, "priv": priv, "signer": signer, "vines": []})
-  no_key_author = authors[-1] if plant_failures else None
-  if no_key_author is not None:
-    # Shares a display name with a keyed author: a lookup by name would pick the wrong key.
-    no_key_author["name"] = authors[0]["name"]
 
-  # Vines: every author gets one, the rest go to a skewed few (no-key author excluded).
-  weights = [1.0 / (rank + 1) ** 0.8 for rank in range(n_authors)]
-  if no_key_author is not None:
-    weights[-1] = 0.0
-  owners = list(range(n_authors))[:n] + rng.choices(range(n_authors), weights, k=max(0, n - n_authors))
-  used_vids, used_oids = set(), set()
-  rows, vines = [], []
-  for owner in owners:
-    created = rng.randint(VINE_START, VINE_END) if rng.random() > 0.08 else None
-    description = _caption(rng)
-    vid = _vine_id(rng, created, used_vids)
-    author = authors[owner]
-    row = _row(rng, vid, author["name"], created, description)
-    rows.append(row)
-    event_at = rng.randint(EVENTS_START, EVENTS_END)
-    vine = {"vine_id": vid, "author": author, "description": description or "",
-            "event_at": event_at, "oid": _openvine_id(rng, event_at, used_oids)}
-    author["vines"].append(vine)
-    vines.append(vine)
+class _Sample:
+  """The sample being built: authors, vines, rows, events and the planted failures.
 
-  planted: Dict[str, Any] = {}
-  events: List[Dict[str, Any]] = []
-  superseded = []
+  Every step draws from the one seeded generator (signatures too), so generate()
+  runs them in a fixed order: reordering two steps, or the draws inside one, changes
+  every byte written after that point.
+  """
 
-  def title_for(vine):
+  def __init__(self, rng: random.Random, media_base: str):
+    self.rng = rng
+    self.media_base = media_base
+    self.authors: List[Dict[str, Any]] = []
+    self.no_key_author: Optional[Dict[str, Any]] = None
+    self.rows: List[Dict[str, Any]] = []
+    self.vines: List[Dict[str, Any]] = []
+    self.events: List[Dict[str, Any]] = []
+    self.superseded: List[Dict[str, Any]] = []
+    self.planted: Dict[str, Any] = {}
+    self.used_vids: set = set()
+    self.used_oids: set = set()
+
+  def add_authors(self, count: int, plant_failures: bool) -> None:
+    """Authors and their keys; display names are not unique, keys.db usernames must be."""
+    rng = self.rng
+    pubkeys = set()
+    for _ in range(count):
+      user_id = rng.randrange(10 ** 17, 10 ** 19)
+      if self.authors and rng.random() < 0.05:
+        name = rng.choice(self.authors)["name"]
+      else:
+        name = corpus.display_name(rng, user_id)
+      priv = _private_key(rng)
+      signer = _AuthorSigner(priv, rng)
+      if signer.pubkey in pubkeys:
+        raise RuntimeError("duplicate public key")  # 2^-256; keeps the invariant explicit
+      pubkeys.add(signer.pubkey)
+      self.authors.append({"name": name, "priv": priv, "signer": signer, "vines": []})
+    if plant_failures:
+      self.no_key_author = self.authors[-1]
+      # Shares a display name with a keyed author: a lookup by name would pick the wrong key.
+      self.no_key_author["name"] = self.authors[0]["name"]
+
+  def add_vines(self, n: int) -> None:
+    """n vines and their rows: one per author, the rest to a skewed few (never the key-less)."""
+    rng, n_authors = self.rng, len(self.authors)
+    weights = [1.0 / (rank + 1) ** 0.8 for rank in range(n_authors)]
+    if self.no_key_author is not None:
+      weights[-1] = 0.0
+    owners = list(range(n_authors))[:n] + rng.choices(range(n_authors), weights,
+                                                        k=max(0, n - n_authors))
+    for owner in owners:
+      created = rng.randint(corpus.VINE_START, corpus.VINE_END) if rng.random() > 0.08 else None
+      description = corpus.caption(rng)
+      vid = corpus.new_vine_id(rng, created, self.used_vids)
+      author = self.authors[owner]
+      self.rows.append(corpus.seed_row(rng, vid, author["name"], created, description))
+      vine = self._vine(vid, author, description or "")
+      author["vines"].append(vine)
+      self.vines.append(vine)
+
+  def _vine(self, vine_id: str, author: Dict[str, Any], description: str) -> Dict[str, Any]:
+    event_at = self.rng.randint(corpus.EVENTS_START, corpus.EVENTS_END)
+    oid = corpus.new_openvine_id(self.rng, event_at, self.used_oids)
+    return {"vine_id": vine_id, "author": author, "description": description,
+            "event_at": event_at, "oid": oid}
+
+  def event(self, vine: Dict[str, Any], vine_id: Optional[str], created_at: int,
+            title: Optional[str] = None, with_vine_id: Optional[bool] = None) -> Dict[str, Any]:
+    """A signed event of the vine (vine_id None: without a d tag)."""
+    if with_vine_id is None:
+      with_vine_id = self.rng.random() < 0.3
+    tags = corpus.event_tags(self.rng, vine_id, title or self._title(vine), vine["oid"],
+                             self.media_base, with_vine_id)
+    return _signed(vine["author"]["signer"], created_at, tags, vine["description"])
+
+  def _title(self, vine: Dict[str, Any]) -> str:
     text = vine["description"].strip()
     if text:
       return text
-    return rng.choice(PLACEHOLDER_TITLES + ("Vine by %s" % vine["author"]["name"],))
+    return self.rng.choice(corpus.PLACEHOLDER_TITLES + ("Vine by %s" % vine["author"]["name"],))
 
-  def make_event(vine, vine_id, created_at, title=None, with_vine_id=None):
-    if with_vine_id is None:
-      with_vine_id = rng.random() < 0.3
-    tags = _event_tags(rng, vine_id, title or title_for(vine), vine["oid"], media_base,
-                       with_vine_id)
-    return _signed(vine["author"]["signer"], created_at, tags, vine["description"])
+  def add_events(self, no_event_vine, missing_oid_vine) -> None:
+    """An event per vine (but no_event_vine), a few also with an older, superseded version."""
+    for vine in self.vines:
+      if vine is no_event_vine:
+        continue
+      event = self.event(vine, vine["vine_id"], vine["event_at"])
+      vine["event"] = event
+      self.events.append(event)
+      if vine is not missing_oid_vine and vine["author"] is not self.no_key_author \
+          and self.rng.random() < 0.02:
+        older_at = vine["event_at"] - self.rng.choice((1, 60, 86400, 86400 * 30))
+        old = self.event(vine, vine["vine_id"], older_at, title="Rescued Vine video")
+        self.events.append(old)
+        self.superseded.append({"vine_id": vine["vine_id"], "event_id": old["id"],
+                                "latest_event_id": event["id"]})
 
-  keyed = [v for v in vines if v["author"] is not no_key_author]
-  no_event_vine = missing_oid_vine = None
-  if plant_failures:
-    no_event_vine, missing_oid_vine = keyed[-1], keyed[-2]
-  for vine in vines:
-    if vine is no_event_vine:
-      continue
-    event = make_event(vine, vine["vine_id"], vine["event_at"])
-    vine["event"] = event
-    events.append(event)
-    if vine is not missing_oid_vine and vine["author"] is not no_key_author \
-        and rng.random() < 0.02:
-      older_at = vine["event_at"] - rng.choice((1, 60, 86400, 86400 * 30))
-      old = make_event(vine, vine["vine_id"], older_at, title="Rescued Vine video")
-      events.append(old)
-      superseded.append({"vine_id": vine["vine_id"], "event_id": old["id"],
-                         "latest_event_id": event["id"]})
+  def plant(self, no_event_vine, missing_oid_vine, host) -> int:
+    """Records the planted failures, adds the extra events; returns the change to publish.
 
-  expected_published = sum(1 for v in vines if "event" in v)
-  if plant_failures:
-    planted["row_without_event"] = {
+    host: the keyed author who owns the extra events (which have no row).
+    """
+    nokey = self.no_key_author
+    self.planted["row_without_event"] = {
         "vine_id": no_event_vine["vine_id"],
         "expected": {"outcome": "skipped", "reason": "no_event"}}
-    planted["missing_openvine_video"] = {
+    self.planted["missing_openvine_video"] = {
         "vine_id": missing_oid_vine["vine_id"], "openvine_id": missing_oid_vine["oid"],
         "event_id": missing_oid_vine["event"]["id"],
         "expected": {"outcome": "dead_letter", "stage": "migrate", "error_class": "permanent"}}
-    planted["no_signing_key"] = {
-        "pubkey": no_key_author["signer"].pubkey, "display_name": no_key_author["name"],
-        "vine_ids": [v["vine_id"] for v in no_key_author["vines"]],
-        "event_ids": [v["event"]["id"] for v in no_key_author["vines"]],
+    self.planted["no_signing_key"] = {
+        "pubkey": nokey["signer"].pubkey, "display_name": nokey["name"],
+        "vine_ids": [v["vine_id"] for v in nokey["vines"]],
+        "event_ids": [v["event"]["id"] for v in nokey["vines"]],
         "expected": {"outcome": "dead_letter", "stage": "sign", "error_class": "permanent",
                      "error": "no_signing_key"}}
-    expected_published -= 1 + len(no_key_author["vines"])
+    self._plant_extra_events(host)
+    # The missing video and the key-less author's vines are not published; the orphan is.
+    return -(1 + len(nokey["vines"])) + 1
 
-    # Extra events with no row: each a fresh vine id owned by a keyed author.
-    host = keyed[0]["author"]
-
-    def extra_vine(description):
-      event_at = rng.randint(EVENTS_START, EVENTS_END)
-      return {"vine_id": _vine_id(rng, None, used_vids), "author": host,
-              "description": description, "event_at": event_at,
-              "oid": _openvine_id(rng, event_at, used_oids)}
-
-    orphan = extra_vine("no row for this one #orphan")
-    orphan_event = make_event(orphan, orphan["vine_id"], orphan["event_at"])
-    events.append(orphan_event)
-    planted["event_without_row"] = {
+  def _plant_extra_events(self, host: Dict[str, Any]) -> None:
+    """Events with no row, each a fresh vine id: an orphan, a forged one, one without d."""
+    orphan = self._extra_vine(host, "no row for this one #orphan")
+    orphan_event = self.event(orphan, orphan["vine_id"], orphan["event_at"])
+    self.events.append(orphan_event)
+    self.planted["event_without_row"] = {
         "vine_id": orphan["vine_id"], "event_id": orphan_event["id"],
         "expected": {"outcome": "published", "counter": "metadata_missing"}}
-    expected_published += 1
 
-    forged = extra_vine("forged signature")
-    forged_event = make_event(forged, forged["vine_id"], forged["event_at"])
+    forged = self._extra_vine(host, "forged signature")
+    forged_event = self.event(forged, forged["vine_id"], forged["event_at"])
     forged_event["sig"] = orphan_event["sig"]  # a real signature, of another event
-    events.append(forged_event)
-    planted["forged_signature"] = {
+    self.events.append(forged_event)
+    self.planted["forged_signature"] = {
         "vine_id": forged["vine_id"], "event_id": forged_event["id"],
         "expected": {"outcome": "dead_letter", "stage": "read_events", "error_class": "bad_input"}}
 
-    no_d = extra_vine("an event without a d tag")
-    no_d_event = make_event(no_d, None, no_d["event_at"], with_vine_id=False)
-    events.append(no_d_event)
-    planted["event_without_d"] = {
+    no_d = self._extra_vine(host, "an event without a d tag")
+    no_d_event = self.event(no_d, None, no_d["event_at"], with_vine_id=False)
+    self.events.append(no_d_event)
+    self.planted["event_without_d"] = {
         "event_id": no_d_event["id"], "openvine_id": no_d["oid"],
         "expected": {"outcome": "skipped", "reason": "no_vine_id"}}
     assert compute_event_id(forged_event) == forged_event["id"]
 
-  rng.shuffle(events)
-  missing = {missing_oid_vine["oid"]} if missing_oid_vine else set()
-  stored_oids = sorted(used_oids - missing)
-  # A few videos in storage that no event points at, as in the real bucket.
-  for _ in range(max(1, n // 100)):
-    stored_oids.append(_openvine_id(rng, rng.randint(EVENTS_START, EVENTS_END), used_oids))
+  def _extra_vine(self, host: Dict[str, Any], description: str) -> Dict[str, Any]:
+    event_at = self.rng.randint(corpus.EVENTS_START, corpus.EVENTS_END)
+    return {"vine_id": corpus.new_vine_id(self.rng, None, self.used_vids), "author": host,
+            "description": description, "event_at": event_at,
+            "oid": corpus.new_openvine_id(self.rng, event_at, self.used_oids)}
 
-  _write_ndjson(os.path.join(out_dir, "rows.ndjson"), rows)
-  _write_ndjson(os.path.join(out_dir, "events.ndjson"), events)
+  def stored_openvine_ids(self, n: int, missing_oid_vine) -> List[str]:
+    """The videos the OpenVine source holds, sorted, then a few extra ones.
+
+    Every video an event points at is stored but the planted missing one; a few that
+    no event points at follow, as in the real bucket.
+    """
+    missing = {missing_oid_vine["oid"]} if missing_oid_vine else set()
+    stored = sorted(self.used_oids - missing)
+    for _ in range(max(1, n // 100)):
+      event_at = self.rng.randint(corpus.EVENTS_START, corpus.EVENTS_END)
+      stored.append(corpus.new_openvine_id(self.rng, event_at, self.used_oids))
+    return stored
+
+
+def _write_files(out_dir: str, sample: _Sample, stored_oids: List[str]) -> int:
+  """Writes rows, events, OpenVine ids and keys.db; returns the number of stored keys."""
+  _write_ndjson(os.path.join(out_dir, "rows.ndjson"), sample.rows)
+  _write_ndjson(os.path.join(out_dir, "events.ndjson"), sample.events)
   with open(os.path.join(out_dir, "openvine_ids.txt"), "w", encoding="utf-8") as f:
     f.write("".join(oid + "\n" for oid in stored_oids))
-  stored_keys = _write_keys(os.path.join(out_dir, "keys.db"), rng,
-                            [a for a in authors if a is not no_key_author])
+  return _write_keys(os.path.join(out_dir, "keys.db"), sample.rng,
+                     [a for a in sample.authors if a is not sample.no_key_author])
 
-  manifest = {
-      "seed": seed, "n": n, "media_base": media_base, "kind": KIND,
+
+def _manifest(sample: _Sample, seed: int, n: int, stored_keys: int, stored_oids: int,
+              expected_published: int) -> Dict[str, Any]:
+  rows = sample.rows
+  return {
+      "seed": seed, "n": n, "media_base": sample.media_base, "kind": KIND,
       "files": {"rows": "rows.ndjson", "events": "events.ndjson", "keys": "keys.db",
                 "openvine_ids": "openvine_ids.txt"},
       "counts": {
-          "rows": len(rows), "events": len(events), "authors": n_authors,
-          "keys_stored": stored_keys, "openvine_ids": len(stored_oids),
-          "superseded_events": len(superseded),
+          "rows": len(rows), "events": len(sample.events), "authors": len(sample.authors),
+          "keys_stored": stored_keys, "openvine_ids": stored_oids,
+          "superseded_events": len(sample.superseded),
           "rows_with_null_created": sum(1 for r in rows if r["created_timestamp"] is None),
       },
       "expected_published": expected_published,
-      "planted": planted,
-      "superseded": superseded,
+      "planted": sample.planted,
+      "superseded": sample.superseded,
   }
-  with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as f:
-    json.dump(manifest, f, ensure_ascii=False, indent=1)
-  return manifest
 
 
 def _write_ndjson(path: str, records) -> None:

@@ -19,7 +19,7 @@ import sys
 from typing import Dict, List, Optional
 
 from devstack import sampledata
-from devstack.emulator import EmulatorProcess
+from devstack.emulator_process import EmulatorProcess
 from devstack.relay import RelayProcess
 from transforms.nostr.event import validate_event
 from transforms.clients.relay.publisher import RelayPublisher

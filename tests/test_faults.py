@@ -33,14 +33,16 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import connect
 
-from devstack.emulator import keyed_fault, normalize_config
+from devstack.emulator_faults import keyed_fault
+from devstack.emulator_state import normalize_config
 from devstack.relay import RelayProcess, free_port
 from devstack.stack import LocalStack
 from pipeline import main as pipeline_main
 from tests.conftest import read_ndjson, run_pipeline
 from tests.support.ws_server import ThreadedServer
 from transforms.stages import build
-from transforms.media.blurhash import DecoderCrash, IsolatedDecoder, ThumbnailError
+from transforms.media.isolated_decoder import DecoderCrash, IsolatedDecoder
+from transforms.media.thumbnail import ThumbnailError
 from transforms.nostr.event import first_tag_value, validate_event
 from transforms.clients.relay.reader import fetch_events
 
@@ -145,8 +147,8 @@ def _run_with_token(stack, out_dir, token, extra=()):
 
 
 def test_decoder_crash_and_hang_cost_one_image_not_the_worker():
-  from devstack.emulator import _make_bomb, _make_thumbnail  # pylint: disable=import-outside-toplevel
-  from transforms.media.blurhash import blurhash_for_thumbnail  # pylint: disable=import-outside-toplevel
+  from devstack.emulator_media import _make_bomb, _make_thumbnail  # pylint: disable=import-outside-toplevel
+  from transforms.media.thumbnail import blurhash_for_thumbnail  # pylint: disable=import-outside-toplevel
   good = _make_thumbnail("a" * 32)
   crashing = IsolatedDecoder("tests.support.hostile.crashers:segfault")
   hanging = IsolatedDecoder("tests.support.hostile.crashers:hang", timeout=0.5)

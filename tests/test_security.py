@@ -52,7 +52,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from devstack import sampledata
-from devstack.emulator import EmulatorProcess
+from devstack.emulator_process import EmulatorProcess
 from devstack.relay import RelayProcess
 from devstack.stack import split_events
 from pipeline import keys as keys_cli

@@ -2,9 +2,9 @@
 
 Input and main output: WorkItem. Thumbnails are fetched only from the configured CDN
 base (other hosts are refused and counted), read with a size cap and a deadline,
-decoded in child processes (blurhash_fast.IsolatedDecoder: a crash, a memory blow-up
-or a hang in a native decoder costs that image its blurhash, never the worker) and
-hashed with the numpy encoder that gives the `blurhash` package's exact string. A
+decoded in child processes (media.isolated_decoder.IsolatedDecoder: a crash, a memory
+blow-up or a hang in a native decoder costs that image its blurhash, never the worker)
+and hashed with the numpy encoder that gives the `blurhash` package's exact string. A
 failure never loses the vine: it is published without a blurhash (`blurhash_missing`),
 or dead-lettered when the user asked for require_blurhash.
 """
@@ -21,7 +21,8 @@ from apache_beam.pvalue import TaggedOutput
 
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
-from transforms.media.blurhash import DecoderCrash, IsolatedDecoder, ThumbnailError
+from transforms.media.isolated_decoder import DecoderCrash, IsolatedDecoder
+from transforms.media.thumbnail import ThumbnailError
 from transforms.runtime.async_dofn import AsyncDoFn
 from transforms.runtime.logs import CappedLog
 from transforms.core.records import WorkItem

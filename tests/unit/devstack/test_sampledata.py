@@ -1,25 +1,19 @@
-"""Tests for devstack.sampledata: files parse, events verify, planted failures are present."""
+"""Tests for devstack.sampledata: files parse, events verify, planted failures are present.
+
+The `data` fixture (one generated sample) is in conftest.py.
+"""
 
 import json
-import os
 import re
-import sqlite3
 
 import pytest
 
-from devstack import sampledata
+from devstack import sample_corpus, sampledata
+from tests.unit.devstack.conftest import ndjson
 from transforms.nostr.event import (derive_public_key, first_tag_value, parse_private_key,
                                     tag_values, validate_event)
 
-VINE_ID = re.compile(r"^[0-9A-Za-z]{11}$")
 OPENVINE_ID = re.compile(r"^\d{13}-[0-9a-f]{8}$")
-ROW_COLUMNS = {"vineId", "username", "description", "loops", "likes", "comment_count",
-               "repost_count", "created_timestamp", "hashtags"}
-
-
-def _ndjson(path):
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f]
 
 
 def _video_openvine_id(event):
@@ -31,64 +25,6 @@ def _video_openvine_id(event):
         if entry.startswith("url "):
           return entry[4:].rsplit("/media/", 1)[1]
   return None
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("sample"))
-  manifest = sampledata.generate(out, 300, seed=11)
-  rows = _ndjson(os.path.join(out, "rows.ndjson"))
-  events = _ndjson(os.path.join(out, "events.ndjson"))
-  with open(os.path.join(out, "openvine_ids.txt"), encoding="utf-8") as f:
-    oids = [line.strip() for line in f if line.strip()]
-  conn = sqlite3.connect(os.path.join(out, "keys.db"))
-  schema = conn.execute("SELECT sql FROM sqlite_master WHERE name='user_migrations'").fetchone()[0]
-  keys = conn.execute("SELECT username, nostr_public_key, nostr_private_key "
-                      "FROM user_migrations").fetchall()
-  conn.close()
-  with open(os.path.join(out, "manifest.json"), encoding="utf-8") as f:
-    assert json.load(f) == manifest
-  return {"out": out, "manifest": manifest, "rows": rows, "events": events, "oids": oids,
-          "schema": schema, "keys": keys}
-
-
-def test_rows_have_exactly_the_seed_columns(data):
-  rows = data["rows"]
-  assert len(rows) == 300 == data["manifest"]["counts"]["rows"]
-  for row in rows:
-    assert set(row) == ROW_COLUMNS
-    assert VINE_ID.match(row["vineId"])
-    assert isinstance(row["username"], str) and row["username"]
-    assert row["description"] is None or len(row["description"]) <= 140
-    for col in ("loops", "likes", "comment_count", "repost_count", "created_timestamp"):
-      assert row[col] is None or (isinstance(row[col], int) and row[col] >= 0)
-    if row["created_timestamp"] is not None:
-      assert sampledata.VINE_START <= row["created_timestamp"] <= sampledata.VINE_END
-  assert len({r["vineId"] for r in rows}) == len(rows)
-  # LEFT JOIN nulls and zero loops both occur.
-  assert any(r["created_timestamp"] is None for r in rows)
-  assert any(r["comment_count"] is None for r in rows)
-  assert any(r["loops"] == 0 for r in rows)
-  assert any(r["loops"] is None for r in rows)
-
-
-def test_captions_are_realistic(data):
-  texts = [r["description"] or "" for r in data["rows"]]
-  non_ascii = sum(1 for t in texts if re.search(r"[^\x00-\x7f]", t))
-  assert 0.25 * len(texts) < non_ascii < 0.75 * len(texts)
-  assert any("  " * 2 in t for t in texts)
-  assert any(re.search(r"[^\s#]#", t) for t in texts)  # hashtags glued to text
-  assert any(ch in t for t in texts for ch in ("\u200d", "\ufe0f"))  # ZWJ or VS16
-
-
-def test_hashtags_mimic_ascii_only_re2_extraction(data):
-  for row in data["rows"]:
-    assert row["hashtags"] == sampledata.bigquery_hashtags(row["description"])
-    for tag in row["hashtags"]:
-      assert re.fullmatch(r"[0-9a-z_]+", tag)
-  assert sampledata.bigquery_hashtags("#FelizAñoNuevo かわいい#BTS #防弾少年団 #bts") == [
-      "feliza", "bts"]
-  assert sampledata.bigquery_hashtags(None) == []
 
 
 def test_every_event_validates_except_the_forged_one(data):
@@ -103,7 +39,7 @@ def test_event_shape(data):
   oids = set(data["oids"])
   for event in data["events"]:
     assert event["kind"] == 32222
-    assert sampledata.EVENTS_START - 86400 * 31 <= event["created_at"] <= sampledata.EVENTS_END
+    assert sample_corpus.EVENTS_START - 86400 * 31 <= event["created_at"] <= sample_corpus.EVENTS_END
     assert first_tag_value(event["tags"], "title")
     assert first_tag_value(event["tags"], "client") == "openvine"
     assert {"vine", "nostrvine"} <= set(tag_values(event["tags"], "t"))
@@ -212,11 +148,11 @@ def test_deterministic_and_options(tmp_path):
   assert a == b
   for name in ("rows.ndjson", "events.ndjson", "openvine_ids.txt"):
     assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
-  events = _ndjson(str(tmp_path / "a" / "events.ndjson"))
+  events = ndjson(str(tmp_path / "a" / "events.ndjson"))
   assert all("http://127.0.0.1:9/media/" in json.dumps(e) for e in events)
   clean = sampledata.generate(str(tmp_path / "c"), 12, seed=3, plant_failures=False)
   assert clean["planted"] == {} and clean["expected_published"] == 12
-  assert all(validate_event(e) is None for e in _ndjson(str(tmp_path / "c" / "events.ndjson")))
+  assert all(validate_event(e) is None for e in ndjson(str(tmp_path / "c" / "events.ndjson")))
   with pytest.raises(ValueError):
     sampledata.generate(str(tmp_path / "d"), 3)
 

@@ -1,4 +1,4 @@
-"""Tests of devstack.emulator over real sockets: API responses, CDN media, faults, stats and control API."""
+"""Tests of devstack.emulator* over real sockets: API, CDN media, faults, stats, control API."""
 
 import io
 import json
@@ -8,7 +8,7 @@ import pytest
 import requests
 from PIL import Image
 
-from devstack.emulator import EmulatorProcess
+from devstack.emulator_process import EmulatorProcess
 
 TOKEN = 'test-token'
 HELD = ['1751085897568-0fd41442', '1751085897569-1a2b3c4d', '1751085897570-deadbeef']

@@ -1,0 +1,136 @@
+"""The migration emulator's model: its knobs (validated) and its mutable state.
+
+`normalize_config` is the one place knob values are checked, for the command line,
+``--config`` files and ``POST /_emulator/config`` alike. `EmulatorState` holds what
+the emulated service remembers (migrated videos by vine id, sha256 and source URL),
+the counters ``GET /_emulator/stats`` reports, a bounded cache of rendered CDN media,
+and the response shapes (Aug 2025 and Oct 2025) built from a migration record.
+"""
+
+import collections
+import random
+import time
+
+RATE_KNOBS = (
+  'fault_500', 'fault_502', 'fault_503', 'fault_429', 'fault_429_no_retry_after', 'fault_hang',
+  'fault_reset', 'fault_malformed')
+SET_KNOBS = (
+  'openvine_ids', 'always_fail_vine_ids', 'thumb_404_uids', 'thumb_garbage_uids',
+  'thumb_truncated_uids', 'thumb_bomb_uids', 'thumb_hang_uids')
+SHAPES = ('oct2025', 'aug2025')
+DEFAULTS = {
+  'token': '', 'accept_any_openvine_id': False, 'shape': 'oct2025', 'cdn_base': '',
+  'latency_ms': 0.0, 'latency_jitter_ms': 0.0, 'cdn_latency_ms': 0.0, 'seed': 0,
+  'retry_after': 2, 'hang_seconds': 120.0, 'manifest_gone': False, 'fault_keyed': False,
+  **{k: 0.0 for k in RATE_KNOBS}, **{k: frozenset() for k in SET_KNOBS}}
+CDN_KINDS = ('thumbnail.jpg', 'thumbnail.gif', 'default.mp4', 'video.m3u8', 'video.mpd')
+THUMB_CACHE_SIZE = 512
+
+
+def normalize_config(updates, base=None):
+  """Validates knob updates and merges them into a config.
+
+  Args:
+    updates: Mapping of knob name to new value (JSON types; lists for the set knobs).
+    base: Config to update; the defaults when None.
+
+  Returns:
+    A new config dict.
+
+  Raises:
+    ValueError: On an unknown knob, a rate outside [0, 1] or an unknown shape.
+  """
+  config = dict(DEFAULTS if base is None else base)
+  for key, value in updates.items():
+    if key not in DEFAULTS:
+      raise ValueError(f'unknown knob {key!r}')
+    if key in SET_KNOBS:
+      value = frozenset(str(v) for v in (value or ()))
+    elif key in RATE_KNOBS:
+      value = float(value)
+      if not 0.0 <= value <= 1.0:
+        raise ValueError(f'{key} must be in [0, 1]')
+    elif key == 'shape' and value not in SHAPES:
+      raise ValueError(f'shape must be one of {SHAPES}')
+    elif isinstance(DEFAULTS[key], bool):
+      value = bool(value)
+    elif isinstance(DEFAULTS[key], (int, float)):
+      value = type(DEFAULTS[key])(value)
+    config[key] = value
+  return config
+
+
+class EmulatorState:
+  """Mutable emulator state: config, migrated videos, counters and media caches.
+
+  One instance per application; aiohttp runs every handler on one event loop
+  thread, so the counters need no lock.
+  """
+
+  def __init__(self, config):
+    self.config = config
+    self.rng = random.Random(config['seed'])
+    self.by_vine, self.by_sha, self.by_url, self.uids = {}, {}, {}, {}
+    self.media = collections.OrderedDict()
+    self.bomb = None
+    self.reset_stats()
+
+  def reset_stats(self):
+    self.migrate_calls = collections.Counter()
+    self.faults = collections.Counter()
+    self.responses = collections.Counter()
+    self.cdn_fetches = collections.Counter({k: 0 for k in CDN_KINDS})
+    self.migrations = self.already = self.lookups = 0
+    self.auth_refused = collections.Counter()
+    self.in_flight = getattr(self, 'in_flight', 0)
+    self.max_in_flight = self.in_flight
+    self.busy = 0.0
+    self.busy_mark = time.monotonic()
+
+  def track(self, delta):
+    now = time.monotonic()
+    self.busy += self.in_flight * (now - self.busy_mark)
+    self.busy_mark = now
+    self.in_flight += delta
+    self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+  def stats(self):
+    self.track(0)
+    return {
+      'migrate_calls': dict(self.migrate_calls), 'migrate_calls_total': sum(self.migrate_calls.values()),
+      'migrations': self.migrations, 'already_migrated': self.already,
+      'faults_injected': dict(self.faults), 'responses': dict(self.responses),
+      'lookups': self.lookups, 'cdn_fetches': dict(self.cdn_fetches),
+      'auth_refused': dict(self.auth_refused),
+      'in_flight': self.in_flight, 'max_in_flight': self.max_in_flight,
+      'busy_seconds': round(self.busy, 6), 'migrated_videos': len(self.uids)}
+
+  def cached(self, kind, uid, factory):
+    key = (kind, uid)
+    if key in self.media:
+      self.media.move_to_end(key)
+    else:
+      self.media[key] = factory(uid)
+      if len(self.media) > THUMB_CACHE_SIZE:
+        self.media.popitem(last=False)
+    return self.media[key]
+
+  def urls(self, request, uid, sha256):
+    base = (self.config['cdn_base'] or f'{request.scheme}://{request.host}').rstrip('/')
+    thumb = f'{base}/{uid}/thumbnails/thumbnail.jpg'
+    common = {
+      'mp4Url': f'{base}/{uid}/downloads/default.mp4', 'thumbnailUrl': thumb,
+      'animatedThumbnailUrl': f'{base}/{uid}/thumbnails/thumbnail.gif'}
+    if self.config['shape'] == 'aug2025':
+      return {
+        'hlsUrl': f'{base}/{uid}/manifest/video.m3u8', 'dashUrl': f'{base}/{uid}/manifest/video.mpd',
+        **common}
+    return {**common, 'posterUrl': thumb, 'blossomUrl': f'{base}/{sha256}'}
+
+  def body(self, request, status, record):
+    uid, sha256 = record['uid'], record['sha256']
+    if self.config['shape'] == 'aug2025':
+      return {'status': status, 'uid': uid, **self.urls(request, uid, sha256), 'downloadStatus': 'inprogress'}
+    return {
+      'status': status, 'uid': uid, 'sha256': sha256, **self.urls(request, uid, sha256),
+      'vineId': record['vineId'], 'videoId': record['videoId']}
