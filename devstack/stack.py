@@ -21,12 +21,12 @@ from typing import Dict, List, Optional
 from devstack import sampledata
 from devstack.emulator_process import EmulatorProcess
 from devstack.relay import RelayProcess
-from transforms.nostr.event import validate_event
 from transforms.clients.relay.publisher import RelayPublisher
 from transforms.clients.relay.reader import fetch_events
+from transforms.clients.secrets import TOKEN_ENV_VAR
+from transforms.nostr.event import validate_event
 
 _LOG = logging.getLogger("devstack")
-TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
 
 
 def split_events(events_path: str, archive_path: str) -> List[dict]:
@@ -133,7 +133,7 @@ class LocalStack:
     self.stop()
 
   def env(self) -> Dict[str, str]:
-    return {TOKEN_ENV: self.token}
+    return {TOKEN_ENV_VAR: self.token}
 
   def pipeline_args(self, output_dir: Optional[str] = None, extra: Optional[List[str]] = None):
     return ["--relays", ",".join(self.relay_urls),
