@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Submits the migration to Google Dataflow: the same graph as ./run_local.sh, DataflowRunner.
 # Settings come from the environment (below) or as flags after the script name; any pipeline
-# flag (see README "Command line") may follow, e.g. --streaming, --mode replay, --test.
+# flag (see README "Command line", or python -m pipeline.main --help) may follow, e.g. --streaming, --mode replay, --test.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -19,7 +19,8 @@ Environment (required):
   MIGRATION_KEK_SPEC       KEK of the encrypted keys database   e.g. gcp-secret:projects/P/secrets/kek/versions/latest
   TOKEN_SECRET             Secret Manager name of the API token e.g. projects/P/secrets/cf-token/versions/latest
   DEAD_LETTER_TABLE        BigQuery table for dead letters      e.g. my-proj-123:vine_migration.dead_letters
-  BIGQUERY_PROJECT_ID, BIGQUERY_DATASET_ID   the Vine metadata (the seed's query)
+  BIGQUERY_PROJECT_ID, BIGQUERY_DATASET_ID   the Vine metadata (the seed's query); the
+                           defaults of --bigquery-project and --bigquery-dataset
 
 Environment (optional, defaults in brackets):
   GCS_STAGING              staging location [$GCS_TEMP/staging]
