@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tests.conftest import read_ndjson, run_pipeline
+from tests.support.runs import read_ndjson, run_pipeline
 from transforms.nostr.event import first_tag_value, validate_event
 
 pytestmark = pytest.mark.integration

@@ -31,8 +31,9 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.internal import apiclient
 
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
-from tests.conftest import offline_and_bounded
 from pipeline.options import MigrationOptions
+from tests.support.offline import offline_and_bounded
+from tests.support.paths import ROOT
 from transforms.io import bigquery_tables as bqs
 from transforms.io.vine_rows import seed_query
 from transforms.nostr.event import derive_public_key, generate_private_key, nsec_encode
@@ -331,7 +332,7 @@ def test_replay_graph_translates_for_dataflow(env):
 
 def test_setup_file_package_builds_and_stages_offline(env, tmp_path):
   """--setup_file: the sdist is built locally (no PyPI), holds the packages and no tests."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  repo = ROOT
   source = tmp_path / "src"  # a copy: building writes *.egg-info next to setup.py
   source.mkdir()
   shutil.copy(os.path.join(repo, "setup.py"), source / "setup.py")

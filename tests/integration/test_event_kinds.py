@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from devstack.stack import LocalStack, publish_events
-from tests.conftest import read_ndjson, run_pipeline
+from tests.support.runs import read_ndjson, run_pipeline
 from transforms.keys.store import KeyStore
 from transforms.nostr.event import first_tag_value, validate_event
 

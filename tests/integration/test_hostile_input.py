@@ -30,7 +30,7 @@ import sqlite3
 import pytest
 
 from devstack.stack import LocalStack, publish_events
-from tests.conftest import read_ndjson, run_pipeline
+from tests.support.runs import read_ndjson, run_pipeline
 from tests.support.hostile import make_corpus
 from transforms.nostr.video_event import MAX_CONTENT_BYTES, MAX_EVENT_BYTES, MAX_HASHTAGS, \
   MAX_TAG_BYTES

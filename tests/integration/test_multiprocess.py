@@ -6,7 +6,7 @@ import os
 import pytest
 
 from devstack.stack import LocalStack
-from tests.conftest import read_ndjson, run_pipeline
+from tests.support.runs import read_ndjson, run_pipeline
 
 pytestmark = pytest.mark.integration
 

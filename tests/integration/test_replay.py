@@ -7,8 +7,8 @@ import os
 import pytest
 
 from devstack.stack import LocalStack
+from tests.support.runs import read_ndjson, run_pipeline
 from transforms.stages import replay
-from tests.conftest import read_ndjson, run_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -71,22 +71,3 @@ def test_replay_publishes_what_failed_and_replaying_twice_is_idempotent(clean_st
   assert stack.emulator.stats()["migrate_calls_total"] == 0
   events = stack.relay_events()
   assert len(events) == len({(e["pubkey"], e["tags"][0][1]) for e in events})
-
-
-def test_replay_filter_parsing():
-  flt = replay.parse_replay_filter("stage=migrate|publish,error_class=transient_exhausted,"
-                                   "since=2026-11-01T00:00:00Z")
-  assert flt["stage"] == ["migrate", "publish"]
-  dead = {"stage": "publish", "error_class": "transient_exhausted",
-          "last_failure": "2026-11-02T00:00:00+00:00", "run_id": "r"}
-  assert replay.matches(dead, flt)
-  assert not replay.matches(dict(dead, stage="sign"), flt)
-  assert not replay.matches(dict(dead, last_failure="2026-10-01T00:00:00Z"), flt)
-  for bad in ("stage=nowhere", "colour=red", "since=yesterday", "stage"):
-    with pytest.raises(replay.ReplayFilterError, match="--replay-filter"):
-      replay.parse_replay_filter(bad)
-
-
-def test_unreplayable_dead_letters_are_skipped_with_a_reason():
-  with pytest.raises(ValueError, match="cannot be replayed"):
-    replay.item_from_dead_letter({"stage": "read_events", "payload": "{}"})

@@ -16,7 +16,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apitools.base.py.exceptions import HttpError
 
-from tests.conftest import offline_and_bounded
+from tests.support.offline import offline_and_bounded
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
 from transforms.io import bigquery_tables as bqs

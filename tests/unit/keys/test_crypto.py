@@ -1,49 +1,27 @@
-"""Tests of signing-key encryption at rest: AES-GCM values, KEK sources, the keys CLI."""
+"""Signing-key encryption at rest: AES-GCM values and the KEK's sources."""
 
 import base64
 import os
 import pickle
-import sqlite3
-import stat
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
 
-from pipeline import keys as keys_cli
+from tests.support.keys import kek_text_forms, key_pair
+from tests.support.paths import ROOT
 from transforms.keys import crypto as kc
 from transforms.nostr import event as ne
-from tests.conftest import make_keys_db
-from transforms.keys.store import NO_KEK_REASON, KeyStore
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _pair():
-  priv = ne.generate_private_key()
-  return priv, ne.derive_public_key(priv)
-
-
-def _kek_forms(kek: bytes):
-  """Every textual form a KEK might leak in."""
-  return [kek.hex(), kek.hex().upper(), base64.b64encode(kek).decode(),
-          base64.urlsafe_b64encode(kek).decode().rstrip("=")]
-
-
-def _stored(path):
-  conn = sqlite3.connect(path)
-  rows = conn.execute("SELECT username, nostr_public_key, nostr_private_key "
-                      "FROM user_migrations").fetchall()
-  conn.close()
-  return rows
 
 
 # ---------------------------------------------------------------------------
 # Values.
+
+
 def test_round_trip_hex_and_nsec():
   kek = os.urandom(32)
-  priv, pub = _pair()
+  priv, pub = key_pair()
   for plain in (priv, ne.nsec_encode(priv)):
     stored = kc.encrypt_value(kek, pub, plain)
     assert stored.startswith("enc:v1:") and kc.is_encrypted(stored)
@@ -59,7 +37,7 @@ def test_round_trip_hex_and_nsec():
 
 def test_tampered_ciphertext_fails():
   kek = os.urandom(32)
-  priv, pub = _pair()
+  priv, pub = key_pair()
   stored = kc.encrypt_value(kek, pub, priv)
   body = bytearray(base64.urlsafe_b64decode(stored[7:] + "=="))
   for index in (0, 20, len(body) - 1):  # nonce, ciphertext, tag
@@ -78,8 +56,8 @@ def test_tampered_ciphertext_fails():
 
 def test_ciphertext_swapped_between_rows_fails():
   kek = os.urandom(32)
-  priv_a, pub_a = _pair()
-  priv_b, pub_b = _pair()
+  priv_a, pub_a = key_pair()
+  priv_b, pub_b = key_pair()
   stored_a = kc.encrypt_value(kek, pub_a, priv_a)
   stored_b = kc.encrypt_value(kek, pub_b, priv_b)
   with pytest.raises(kc.DecryptError, match="moved from another row"):
@@ -90,11 +68,11 @@ def test_ciphertext_swapped_between_rows_fails():
 
 def test_wrong_kek_fails_without_echo():
   kek, other = os.urandom(32), os.urandom(32)
-  priv, pub = _pair()
+  priv, pub = key_pair()
   stored = kc.encrypt_value(kek, pub, priv)
   with pytest.raises(kc.DecryptError) as err:
     kc.decrypt_value(other, pub, stored)
-  for secret in [priv, stored] + _kek_forms(kek) + _kek_forms(other):
+  for secret in [priv, stored] + kek_text_forms(kek) + kek_text_forms(other):
     assert secret not in str(err.value)
   with pytest.raises(kc.KekError, match="32 bytes"):
     kc.encrypt_value(kek[:16], pub, priv)
@@ -102,10 +80,10 @@ def test_wrong_kek_fails_without_echo():
 
 def test_decryptor_never_pickles_or_prints_kek():
   kek = os.urandom(32)
-  priv, pub = _pair()
+  priv, pub = key_pair()
   decrypt = kc.make_decryptor(kek)
   assert decrypt(kc.encrypt_value(kek, pub, priv), pub) == priv
-  for form in _kek_forms(kek):
+  for form in kek_text_forms(kek):
     assert form not in repr(decrypt)
   with pytest.raises(TypeError):
     pickle.dumps(decrypt)
@@ -121,6 +99,8 @@ def test_module_import_needs_no_gcp_libraries():
 
 # ---------------------------------------------------------------------------
 # KEK sources.
+
+
 def test_kek_from_env_base64_hex_and_urlsafe(monkeypatch):
   kek = os.urandom(32)
   for text in (base64.b64encode(kek).decode(), kek.hex(), kek.hex().upper(),
@@ -146,7 +126,7 @@ def test_wrong_length_kek_error_names_kind_not_value(monkeypatch, tmp_path):
     kc.load_kek("file:%s" % path)
   assert "file" in str(err2.value)
   for message in (str(err.value), str(err2.value)):
-    for form in _kek_forms(short) + _kek_forms(long_key):
+    for form in kek_text_forms(short) + kek_text_forms(long_key):
       assert form not in message and form[:12] not in message
 
 
@@ -245,163 +225,3 @@ def test_kek_from_fake_kms_local_and_gs_paths(tmp_path):
     kc.load_kek("gcp-kms:%s" % key_name, kms_client=client)
   with pytest.raises(kc.KekError, match="gcp-kms.*32 bytes"):
     kc.load_kek("gcp-kms:%s:%s" % (key_name, path), kms_client=_FakeKms(os.urandom(16)))
-
-
-# ---------------------------------------------------------------------------
-# The key store with encrypted databases.
-def test_key_store_encrypted_db_without_kek_refuses_rows(tmp_path, caplog):
-  kek = os.urandom(32)
-  (priv_a, pub_a), (priv_b, pub_b) = _pair(), _pair()
-  path = str(tmp_path / "enc.db")
-  make_keys_db(path, [("a", pub_a, kc.encrypt_value(kek, pub_a, priv_a)),
-             ("b", pub_b, kc.encrypt_value(kek, pub_b, priv_b))])
-  store = KeyStore.load(path)
-  assert len(store) == 0
-  assert store.refused == {NO_KEK_REASON: 2}
-  assert "set --kek" in NO_KEK_REASON and NO_KEK_REASON in caplog.text
-  assert (store.encrypted_rows, store.plaintext_rows, store.total_rows) == (2, 0, 2)
-  store = KeyStore.load(path, decrypt=kc.make_decryptor(kek))
-  assert len(store) == 2 and store.refused == {} and store.storage_warning() is None
-  store = KeyStore.load(path, decrypt=kc.make_decryptor(os.urandom(32)))
-  assert len(store) == 0 and "does not decrypt" in next(iter(store.refused))
-
-
-def test_key_store_swapped_rows_and_plaintext_rows(tmp_path, caplog):
-  kek = os.urandom(32)
-  (priv_a, pub_a), (priv_b, pub_b), (priv_c, pub_c) = _pair(), _pair(), _pair()
-  path = str(tmp_path / "mixed.db")
-  make_keys_db(path, [("a", pub_a, kc.encrypt_value(kek, pub_b, priv_b)),  # moved from row b
-             ("c", pub_c, priv_c)])                                # plaintext left behind
-  store = KeyStore.load(path, decrypt=kc.make_decryptor(kek))
-  assert store.signer_for(pub_a) is None and store.signer_for(pub_c) is not None
-  assert "moved from another row" in next(iter(store.refused))
-  assert (store.encrypted_rows, store.plaintext_rows) == (1, 1)
-  assert "plaintext keys in an encrypted database" in store.storage_warning()
-  plain = str(tmp_path / "plain.db")
-  make_keys_db(plain, [("c", pub_c, priv_c)])
-  caplog.clear()
-  store = KeyStore.load(plain)
-  assert store.storage_warning().startswith("keys database is plaintext")
-  assert caplog.text.count("keys database is plaintext") == 1
-  for secret in (priv_a, priv_b, priv_c):
-    assert secret not in caplog.text
-
-
-# ---------------------------------------------------------------------------
-# The CLI.
-def test_cli_encrypt_end_to_end(tmp_path, monkeypatch, capsys):
-  kek = os.urandom(32)
-  monkeypatch.setenv("MIGRATION_KEK", base64.b64encode(kek).decode())
-  good = [_pair() for _ in range(3)]
-  nsec_priv, nsec_pub = _pair()
-  (mis_priv, _), (_, mis_pub) = _pair(), _pair()
-  npub_pub = _pair()[1]
-  rows = [("u%d" % i, pub, priv) for i, (priv, pub) in enumerate(good)]
-  rows += [("nsec user", nsec_pub, ne.nsec_encode(nsec_priv)),
-           ("mismatch", mis_pub, mis_priv),                      # row 5
-           ("npub here", npub_pub, ne.npub_encode(npub_pub)),    # row 6
-           ("short", good[0][1] + "x", good[0][0][:40])]         # row 7
-  plain, enc = str(tmp_path / "plain.db"), str(tmp_path / "enc.db")
-  make_keys_db(plain, rows)
-  secrets = [p for p, _ in good] + [nsec_priv, mis_priv, good[0][0][:40]]
-  secrets += [ne.nsec_encode(p) for p in secrets[:5]] + _kek_forms(kek)
-
-  code = keys_cli.main(["encrypt", "--in", plain, "--out", enc, "--kek", "env:MIGRATION_KEK"])
-  out, err = capsys.readouterr()
-  assert code == 1  # written, with bad rows
-  assert "encrypted 4 of 7 rows" in out
-  assert "row 5 (username 'mismatch'): private key does not derive" in err
-  assert "row 6 (username 'npub here'): an npub" in err
-  assert "row 7 (username 'short')" in err and "left out" in err
-  assert stat.S_IMODE(os.stat(enc).st_mode) == 0o600
-  with open(enc, "rb") as handle:
-    data = handle.read()
-  for secret in secrets:
-    assert secret.encode() not in data and secret.upper().encode() not in data
-    assert secret not in out and secret not in err
-
-  stored = _stored(enc)
-  assert [r[0] for r in stored] == ["u0", "u1", "u2", "nsec user"]
-  assert all(kc.is_encrypted(r[2]) for r in stored)
-  decrypted = KeyStore.load(enc, decrypt=kc.make_decryptor(kek))
-  original = KeyStore.load(plain)
-  assert len(decrypted) == len(original) == 4
-  event = {"kind": 1, "created_at": 5, "tags": [], "content": "x"}
-  for pub in [p for _, p in good] + [nsec_pub]:
-    signed = decrypted.signer_for(pub).sign(event)
-    assert signed["pubkey"] == pub == original.signer_for(pub).pubkey
-    assert ne.validate_event(signed) is None
-  assert decrypted.plaintext_rows == 0 and decrypted.encrypted_rows == 4
-
-  # never overwrites, even with the same arguments
-  code = keys_cli.main(["encrypt", "--in", plain, "--out", enc, "--kek", "env:MIGRATION_KEK"])
-  assert code == 2 and "already exists" in capsys.readouterr().err
-  assert _stored(enc) == stored
-
-  # --keep-bad keeps the rows, with no plaintext key in them
-  kept = str(tmp_path / "kept.db")
-  assert keys_cli.main(["encrypt", "--in", plain, "--out", kept, "--kek", "env:MIGRATION_KEK",
-                        "--keep-bad"]) == 1
-  capsys.readouterr()
-  kept_rows = _stored(kept)
-  assert len(kept_rows) == 7
-  with open(kept, "rb") as handle:
-    data = handle.read()
-  for secret in secrets:
-    assert secret.encode() not in data
-  assert kept_rows[6][2] is None  # public key unusable: nothing to bind the value to
-
-  # check: counts, no keys printed
-  assert keys_cli.main(["check", "--db", kept, "--kek", "env:MIGRATION_KEK"]) == 1
-  out, err = capsys.readouterr()
-  assert "rows: 7" in out and "usable keys: 4" in out and "refused rows: 3" in out
-  assert "encrypted rows: 6" in out and "file mode: 0600" in out
-  assert "1: an npub" in out and "1: private key does not derive" in out
-  assert keys_cli.main(["check", "--db", enc]) == 1
-  out, err = capsys.readouterr()
-  assert "4: %s" % NO_KEK_REASON in out
-  assert keys_cli.main(["check", "--db", plain]) == 1
-  out, err = capsys.readouterr()
-  assert "plaintext rows: 7" in out and "warning: keys database is plaintext" in out
-  for secret in secrets:
-    assert secret not in out and secret not in err
-
-
-def test_cli_encrypt_errors_write_nothing(tmp_path, monkeypatch, capsys):
-  priv, pub = _pair()
-  plain, enc = str(tmp_path / "plain.db"), str(tmp_path / "enc.db")
-  make_keys_db(plain, [("a", pub, priv)])
-  monkeypatch.delenv("MIGRATION_KEK", raising=False)
-  assert keys_cli.main(["encrypt", "--in", plain, "--out", enc, "--kek", "env:MIGRATION_KEK"]) == 2
-  assert "MIGRATION_KEK is not set" in capsys.readouterr().err
-  kek_file = tmp_path / "kek"
-  kek_file.write_text(os.urandom(32).hex())
-  kek_file.chmod(0o644)
-  assert keys_cli.main(["encrypt", "--in", plain, "--out", enc, "--kek",
-                        "file:%s" % kek_file]) == 2
-  assert "chmod 600" in capsys.readouterr().err
-  kek_file.chmod(0o600)
-  assert keys_cli.main(["encrypt", "--in", str(tmp_path / "none.db"), "--out", enc, "--kek",
-                        "file:%s" % kek_file]) == 2
-  assert "not found" in capsys.readouterr().err
-  assert not os.path.exists(enc)
-  assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".keys-")] == []
-  assert keys_cli.main(["encrypt", "--in", plain, "--out", enc, "--kek",
-                        "file:%s" % kek_file]) == 0
-  assert "encrypted 1 of 1 rows" in capsys.readouterr().out
-
-
-def test_cli_generate_kek(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "pipeline.keys", "generate-kek"], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
-  lines = result.stdout.splitlines()
-  assert len(lines) == 1 and len(base64.b64decode(lines[0], validate=True)) == 32
-  env = dict(os.environ, MIGRATION_KEK=lines[0])
-  assert subprocess.run([sys.executable, "-c", "from transforms.keys.crypto import load_kek; "
-                         "assert len(load_kek('env:MIGRATION_KEK')) == 32"], cwd=ROOT,
-                        env=env, check=True).returncode == 0
-  out = tmp_path / "kek.b64"
-  assert keys_cli.main(["generate-kek", "--out", str(out)]) == 0
-  assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
-  assert len(kc.load_kek("file:%s" % out)) == 32
-  assert keys_cli.main(["generate-kek", "--out", str(out)]) == 2

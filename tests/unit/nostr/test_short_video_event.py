@@ -1,49 +1,13 @@
-"""Kind 34236 (NIP-71 short video) events: the builder, the build/sign/publish plan, reuse."""
+"""Kind 34236 (NIP-71 short video) events: the builder, title and duration rules, replacement."""
 
-import json
 import re
 
 import pytest
 
-from transforms.stages import replay
-from transforms.runtime import outcomes as dl
-from transforms.nostr import short_video_event as nip71_event
+from tests.support.short_video import SHA, SIGNER, UID, VINE, short_video_item, signed_event
 from transforms.core import records
-from transforms.stages.migrate import reuse_migration
-from transforms.nostr.event import Signer, generate_private_key, validate_event
-from transforms.stages.publish import result_record
-from transforms.stages.build import BuildVideoEventFn, plan_event
-
-UID = "0123456789abcdef0123456789abcdef"
-SHA = "ab" * 32
-VINE = "MYxVapFvz2z"
-SIGNER = Signer(generate_private_key())
-
-
-def _event(tags, kind=32222, content="old", created_at=1750000000):
-  return SIGNER.sign({"kind": kind, "created_at": created_at, "tags": tags, "content": content})
-
-
-def _item(row=True, old_tags=None, video=None, blurhash="LKO2?U%2Tw=w]~RBVZRi};RPxuwH",
-          sha256=SHA):
-  old = _event(old_tags or [["d", VINE], ["title", "Rescued Vine video"],
-                            ["url", "https://api.openvine.co/media/1751085897568-0fd41442"],
-                            ["dim", "480x480"], ["duration", "6.5"], ["t", "vine"],
-                            ["loops", "77"], ["published_at", "1390000000"]],
-               created_at=2000000000)
-  vine_row = records.parse_row({
-      "vineId": VINE, "username": "Ann 🎉", "description": "hello  #World #FelizAñoNuevo",
-      "loops": 10, "likes": 0, "comment_count": None, "repost_count": 2,
-      "created_timestamp": 1400000000}) if row else None
-  urls = {"uid": UID, "hls": "https://cdn/%s/manifest/video.m3u8" % UID,
-          "dash": "https://cdn/%s/manifest/video.mpd" % UID,
-          "mp4": "https://cdn/%s/downloads/default.mp4" % UID,
-          "thumbnail": "https://cdn/%s/thumbnails/thumbnail.jpg" % UID,
-          "animated_thumbnail": "https://cdn/t.gif", "sha256": sha256,
-          "blossom": "https://blossom.example/%s" % SHA if sha256 else None}
-  return records.WorkItem(vine_id=VINE, source=records.to_source_event(old), row=vine_row,
-                          openvine_id="1751085897568-0fd41442", migration=urls, blurhash=blurhash,
-                          video=records.to_source_event(video) if video else None)
+from transforms.nostr import short_video_event as nip71_event
+from transforms.nostr.event import validate_event
 
 
 def _tags(event):
@@ -59,7 +23,7 @@ def _imeta(event):
 
 
 def test_short_video_event_satisfies_nip71_and_nip92():
-  ev = nip71_event.build_short_video_event(_item(), now=2100000000)
+  ev = nip71_event.build_short_video_event(short_video_item(), now=2100000000)
   assert ev["kind"] == 34236 and ev["created_at"] == 2100000000
   tags = _tags(ev)
   assert tags["d"] == [[VINE]]
@@ -93,7 +57,8 @@ def test_short_video_event_satisfies_nip71_and_nip92():
 
 
 def test_short_video_without_row_keeps_old_metadata_and_always_has_a_title():
-  ev = nip71_event.build_short_video_event(_item(row=False, blurhash=None, sha256=None), now=5)
+  ev = nip71_event.build_short_video_event(short_video_item(row=False, blurhash=None, sha256=None),
+                                          now=5)
   tags = _tags(ev)
   assert tags["title"] == [["Rescued Vine video"]]  # a placeholder, but nothing better known
   assert tags["published_at"] == [["1390000000"]] and tags["loops"] == [["77"]]
@@ -103,9 +68,9 @@ def test_short_video_without_row_keeps_old_metadata_and_always_has_a_title():
   assert [e for e in raw if e.startswith("fallback ")] == [
       "fallback https://api.openvine.co/media/1751085897568-0fd41442"]
   row = records.parse_row({"vineId": VINE, "username": "Bo", "description": ""})
-  assert _tags(nip71_event.build_short_video_event(_item().replace(row=row), now=5))[
+  assert _tags(nip71_event.build_short_video_event(short_video_item().replace(row=row), now=5))[
       "title"] == [["Vine by Bo"]]
-  untitled = _item(row=False, old_tags=[["d", VINE], ["url", "https://x.example/v.mp4"]])
+  untitled = short_video_item(row=False, old_tags=[["d", VINE], ["url", "https://x.example/v.mp4"]])
   assert _tags(nip71_event.build_short_video_event(untitled, now=5))["title"] == [["Vine " + VINE]]
 
 
@@ -118,79 +83,8 @@ def test_duration_is_always_a_number_below_seven(value, expected):
 
 
 def test_replaces_earlier_34236_version_with_a_later_created_at():
-  earlier = _event([["d", VINE], ["title", "v1"]], kind=34236, created_at=2500000000)
-  ev = nip71_event.build_short_video_event(_item(video=earlier), now=2100000000)
+  earlier = signed_event([["d", VINE], ["title", "v1"]], kind=34236, created_at=2500000000)
+  ev = nip71_event.build_short_video_event(short_video_item(video=earlier), now=2100000000)
   assert ev["created_at"] == 2500000001
-  ev = nip71_event.build_short_video_event(_item(video=earlier), now=2600000000)
+  ev = nip71_event.build_short_video_event(short_video_item(video=earlier), now=2600000000)
   assert ev["created_at"] == 2600000000
-
-
-def _run_build(fn, item):
-  return list(fn.process(item))
-
-
-def test_build_plans_each_address_and_skips_when_nothing_changes():
-  item = _item()
-  for kind, want in (("32222", ("unsigned",)), ("34236", ("unsigned_video",)),
-                     ("both", ("unsigned", "unsigned_video"))):
-    (out,) = _run_build(BuildVideoEventFn("r", event_kind=kind, clock=lambda: 2100000000), item)
-    got = tuple(f for f in ("unsigned", "unsigned_video") if getattr(out, f) is not None)
-    assert got == want, kind
-  # The published 34236 version is up to date: nothing to do for it.
-  video = SIGNER.sign(nip71_event.build_short_video_event(item, now=2100000000))
-  again = item.replace(video=records.to_source_event(video))
-  (out,) = _run_build(BuildVideoEventFn("r", event_kind="34236", clock=lambda: 2200000000), again)
-  assert out.tag == dl.SKIPPED and out.value["reason"] == "up_to_date"
-  # With both, only the 32222 replacement is still to do.
-  (out,) = _run_build(BuildVideoEventFn("r", event_kind="both", clock=lambda: 2200000000), again)
-  assert out.unsigned is not None and out.unsigned_video is None and out.signed_video is None
-  # A relay lacks the current version: the same signed event again, never a new one.
-  behind = again.replace(video=records.to_source_event(video).__class__(
-      **{**records.to_source_event(video).__dict__, "missing_on": ("ws://127.0.0.1:1",)}))
-  (out,) = _run_build(BuildVideoEventFn("r", event_kind="34236", clock=lambda: 2200000000),
-                      behind)
-  assert out.signed_video == video and out.unsigned_video is None
-  with pytest.raises(ValueError):
-    BuildVideoEventFn("r", event_kind="21")
-
-
-def test_plan_event_forces_a_new_version():
-  item = _item()
-  video = SIGNER.sign(nip71_event.build_short_video_event(item, now=2100000000))
-  rebuilt = nip71_event.build_short_video_event(
-      item.replace(video=records.to_source_event(video)), now=2200000000)
-  assert plan_event(records.to_source_event(video), rebuilt, force=False) == (None, None)
-  assert plan_event(records.to_source_event(video), rebuilt, force=True) == (rebuilt, None)
-  assert plan_event(None, rebuilt, force=False) == (rebuilt, None)
-
-
-def test_reuse_takes_urls_from_our_34236_event_when_the_32222_is_unmigrated():
-  item = _item()
-  video = SIGNER.sign(nip71_event.build_short_video_event(item, now=2100000000))
-  bare = item.replace(migration=None, blurhash=None, video=records.to_source_event(video))
-  reused = reuse_migration(bare, "https://cdn.example")
-  urls = reused.migration
-  assert urls["uid"] == UID and urls["sha256"] == SHA
-  assert urls["mp4"] == item.migration["mp4"] and urls["blossom"] == item.migration["blossom"]
-  assert reused.blurhash == item.blurhash
-  # Rebuilt from the reused URLs, the 34236 event is unchanged: a re-run publishes nothing.
-  rebuilt = nip71_event.build_short_video_event(reused, now=2200000000)
-  assert rebuilt["tags"] == video["tags"] and rebuilt["content"] == video["content"]
-
-
-def test_result_record_and_replay_payload_carry_both_events():
-  item = _item()
-  signed = SIGNER.sign({"kind": 32222, "created_at": 1, "tags": [["d", VINE]], "content": ""})
-  video = SIGNER.sign(nip71_event.build_short_video_event(item, now=2))
-  both = item.replace(signed=signed, signed_video=video,
-                      video=records.to_source_event(video))
-  record = result_record(both, ["ws://a"], "run")
-  assert record["event_id"] == signed["id"] and record["video_event_id"] == video["id"]
-  assert record["kinds"] == [32222, 34236]
-  only_video = result_record(item.replace(signed_video=video), ["ws://a"], "run")
-  assert only_video["event_id"] == video["id"] and only_video["kinds"] == [34236]
-  dead = dl.dead_letter_for_item("run", dl.STAGE_PUBLISH, dl.TRANSIENT_EXHAUSTED, "x", both)
-  stage, back = replay.item_from_dead_letter(json.loads(json.dumps(dead)))
-  assert stage == dl.STAGE_PUBLISH
-  assert back.signed == signed and back.signed_video == video
-  assert back.video.event == video

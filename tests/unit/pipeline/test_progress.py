@@ -1,110 +1,17 @@
-"""Following a run: the live tally, the progress display, its quiet rules, the summary table.
-
-The last test runs the real pipeline on the local stack with the display forced on into a
-StringIO console and reads the frames it drew.
-"""
+"""Following a run: the progress display, its quiet rules, the summary table."""
 
 import io
 import logging
-import re
-import threading
 import time
 
-import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
 from rich.console import Console
 
-from pipeline import main as pipeline_main
 from pipeline import progress
-from pipeline.options import MigrationOptions
-from tests.conftest import run_pipeline
+from tests.support.progress_frames import ANSI, ROW, frames_of, terminal_console
 from transforms.runtime import accounting
-from transforms.clients import secrets as secret_values
-from transforms.runtime import outcomes as dl
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-_ROW = re.compile(r"^(read|migrated|published|skipped|dead-lettered|finished)\s+(\d+)", re.M)
-
-
-@pytest.fixture(autouse=True)
-def clean_tally():
-  accounting.reset_live()
-  accounting.reset_deferred()
-  yield
-  accounting.reset_live()
-  accounting.reset_deferred()
-
-
-def terminal_console(width=100):
-  return Console(file=io.StringIO(), force_terminal=True, width=width, color_system=None)
-
-
-def frames_of(text):
-  """Each frame the display drew, as {row label: count}, in order."""
-  frames = []
-  for chunk in _ANSI.sub("", text).split("vine-migration  ")[1:]:
-    rows = {label: int(n) for label, n in _ROW.findall(chunk)}
-    if len(rows) == 6:
-      frames.append(rows)
-  return frames
-
-
-# -- the live tally ---------------------------------------------------------------------------
-
-
-class _Count(beam.DoFn):
-  def process(self, element):
-    accounting.flush_deferred()  # moves the other thread's increment into Beam's counter
-    accounting.inc("t_beam")
-    yield element
-
-
-def test_live_tally_counts_beam_and_other_threads_once():
-  worker = threading.Thread(target=accounting.inc, args=("t_thread", 2))
-  worker.start()
-  worker.join()
-  assert accounting.live_counts()["t_thread"] == 2  # at once, before any flush
-
-  pipeline = beam.Pipeline(options=PipelineOptions(runner="FnApiRunner"))
-  _ = pipeline | beam.Create([1, 2, 3]) | beam.ParDo(_Count())
-  result = pipeline.run()
-  result.wait_until_finish()
-
-  live = accounting.live_counts()
-  assert live["t_beam"] == 3
-  assert live["t_thread"] == 2  # the flush into Beam's counter does not count it again
-  beam_counts = {c.key.metric.name: c.committed for c in result.metrics().query(
-      MetricsFilter().with_namespace(accounting.NAMESPACE))["counters"]}
-  assert beam_counts["t_beam"] == 3 and beam_counts["t_thread"] == 2
-
-
-def test_live_tally_is_exact_under_concurrent_increments():
-  threads = [threading.Thread(target=lambda: [accounting.inc("t_many") for _ in range(5000)])
-             for _ in range(8)]
-  for thread in threads:
-    thread.start()
-  for thread in threads:
-    thread.join()
-  assert accounting.live_counts()["t_many"] == 40000
-
-
-def test_dead_letter_class_counted_once_and_apart_from_stages():
-  dl.make_dead_letter("r", dl.STAGE_MIGRATE, dl.PERMANENT, "x")
-  dl.make_dead_letter("r", dl.STAGE_SIGN, dl.PERMANENT, "x")
-  dl.make_dead_letter("r", dl.STAGE_READ_ROWS, dl.BAD_INPUT, "x")
-  live = accounting.live_counts()
-  assert live["dead_letter_class_permanent"] == 2 and live["dead_letter_class_bad_input"] == 1
-  assert not accounting.DEAD_LETTER_CLASS_PREFIX.startswith(accounting.DEAD_LETTER_PREFIX)
-  summary = accounting.summarise({"vines_in": 3, "dead_letters_migrate": 2,
-                                  "dead_letters_read_rows": 1, **live})
-  assert summary["balanced"] and summary["accounted"] == 3
-  assert summary["dead_lettered"] == {"migrate": 2, "read_rows": 1}
-  assert summary["dead_letter_classes"] == {"bad_input": 1, "permanent": 2}
-
-
-# -- the renderer -----------------------------------------------------------------------------
+pytestmark = pytest.mark.usefixtures("clean_tally")
 
 _MID_RUN = {"events_read": 120, "rows_read": 110, "vines_in": 100, "videos_migrated": 50,
             "videos_already_migrated": 10, "migrations_reused": 4, "published": 40,
@@ -125,7 +32,7 @@ def test_render_rate_and_eta():
   assert "of ~100 (50 %)" in text
   assert "120 events, 110 rows" in text
   assert "50 new, 10 already on Stream (4 without a call)" in text
-  rows = dict(_ROW.findall(text))
+  rows = dict(ROW.findall(text))
   assert rows == {"read": "100", "migrated": "60", "published": "40", "skipped": "5",
                   "dead-lettered": "5", "finished": "50"}
   # A measured recent rate overrides the average for the ETA.
@@ -194,21 +101,6 @@ def test_for_run_follows_stderr_and_says_why_with_workers(monkeypatch, caplog):
   assert len(lines) == 1 and "worker processes" in lines[0], lines
 
 
-def test_workers_and_runner_of_a_run():
-  def options(*argv):
-    return PipelineOptions(list(argv))
-
-  assert pipeline_main.local_workers(options(), 1) == 1
-  assert pipeline_main.local_workers(options("--direct_running_mode=multi_processing",
-                                             "--direct_num_workers=3"), 1) == 3
-  opts = options("--workers", "2")
-  pipeline_main.configure_runner(opts, 2)
-  assert pipeline_main.local_workers(opts, 2) == 2
-  assert pipeline_main.is_local_runner(options())
-  assert pipeline_main.is_local_runner(options("--runner", "FnApiRunner"))
-  assert not pipeline_main.is_local_runner(options("--runner", "DataflowRunner"))
-
-
 # -- the display thread -----------------------------------------------------------------------
 
 
@@ -227,7 +119,7 @@ def test_display_draws_frames_from_the_tally_with_an_injected_clock():
   frames = frames_of(console.file.getvalue())
   assert frames[0]["published"] == 0 and frames[-1]["published"] == 10
   assert [f["published"] for f in frames[1:6]] == [2, 4, 6, 8, 10]
-  text = _ANSI.sub("", console.file.getvalue())
+  text = ANSI.sub("", console.file.getvalue())
   assert "ETA 0:00:00" in text and "vine-migration  0:00:05  done" in text
   assert display.last_counts["published"] == 10
 
@@ -253,7 +145,7 @@ def test_a_failed_run_ends_on_a_stopped_frame():
   with pytest.raises(RuntimeError):
     with progress.ProgressDisplay(console, tally=lambda: dict(_MID_RUN), interval=3600):
       raise RuntimeError("boom")
-  text = _ANSI.sub("", console.file.getvalue())
+  text = ANSI.sub("", console.file.getvalue())
   assert "stopped" in text and "done" not in text
   assert "ETA" not in text.split("stopped")[-1]
 
@@ -307,53 +199,3 @@ def test_summary_table_names_the_event_kind_and_events_published():
                if line.split()[:1] == ["published"]]
   assert published and " ".join(published[0].split()) == (
       "published 40 as kind 32222 + 34236, 79 events")
-
-
-def test_run_facts_for_summary_json():
-  secret_values.register("s3cr3t-token-value")
-  opts = PipelineOptions(["--event-kind", "both"]).view_as(MigrationOptions)
-  facts = pipeline_main.run_facts(["--relays", "ws://127.0.0.1:1", "--x", "s3cr3t-token-value"],
-                                  opts, 1_700_000_000.0, 1_700_000_010.0, 45,
-                                  ["summary.json"])
-  assert facts["argv"][:2] == ["--relays", "ws://127.0.0.1:1"]
-  assert "s3cr3t-token-value" not in facts["argv"][3]
-  assert facts["started_at"] == "2023-11-14T22:13:20.000+00:00"
-  assert facts["finished_at"] == "2023-11-14T22:13:30.000+00:00"
-  assert facts["seconds"] == 10.0 and facts["events_per_second"] == 4.5
-  assert facts["event_kind"] == "both" and facts["output_files"] == ["summary.json"]
-
-
-# -- the real pipeline ------------------------------------------------------------------------
-
-
-@pytest.mark.integration
-def test_live_display_follows_a_real_run(stack, tmp_path, monkeypatch, capsys):
-  console = terminal_console()
-  monkeypatch.setattr(progress, "make_console", lambda: console)
-  monkeypatch.setattr(progress, "REFRESH_SECONDS", 0.02)
-  code, run_dir, summary = run_pipeline(stack, tmp_path)
-  assert code == 0 and summary["balanced"]
-
-  frames = frames_of(console.file.getvalue())
-  final = frames[-1]
-  expected = {"read": summary["vines_in"], "published": summary["published"],
-              "skipped": sum(summary["skipped"].values()),
-              "dead-lettered": sum(summary["dead_lettered"].values()),
-              "finished": summary["accounted"]}
-  assert {k: final[k] for k in expected} == expected
-  assert final["migrated"] == (summary["counters"].get("videos_migrated", 0)
-                               + summary["counters"].get("videos_already_migrated", 0))
-  # Drawn while the run went on: counts already, but not yet all of them.
-  assert any(0 < f["read"] + f["finished"] and f["finished"] < final["finished"]
-             for f in frames[:-1]), frames
-
-  assert sum(summary["dead_letter_classes"].values()) == sum(summary["dead_lettered"].values())
-  for key in ("argv", "started_at", "finished_at", "seconds", "events_per_second", "event_kind",
-              "output_files"):
-    assert key in summary, key
-  assert summary["argv"][:2] == ["--relays", stack.relay_urls[0]]
-  assert summary["event_kind"] == "32222" and summary["seconds"] > 0
-  assert {"dead_letters.ndjson", "published.ndjson", "summary.json"} <= set(
-      summary["output_files"])
-  out = capsys.readouterr().out
-  assert "vine-migration run %s" % summary["run_id"] in out and run_dir in out
