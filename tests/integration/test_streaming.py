@@ -15,7 +15,7 @@ from apache_beam.transforms import window
 from devstack.stack import LocalStack
 from pipeline.graph import DEAD_LETTERS, PUBLISHED, SKIPPED, IOSet, build_graph
 from pipeline.options import MigrationOptions
-from tests.conftest import read_ndjson
+from tests.support.runs import read_ndjson
 from transforms.keys.store import KeyStore
 from transforms.nostr.event import Signer, first_tag_value, generate_private_key
 

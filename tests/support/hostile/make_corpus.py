@@ -1,7 +1,7 @@
 """The hostile input corpus: `events()`, `rows()` and `keys()`, one record per case.
 
-tests/test_hostile_input.py builds its inputs from these functions (and holds the
-expected outcome of every case); to look at the corpus as files:
+tests/integration/test_hostile_input.py builds its inputs from these functions (and
+holds the expected outcome of every case); to look at the corpus as files:
 
     .venv/bin/python -m tests.support.hostile.make_corpus --out /tmp/hostile
 
