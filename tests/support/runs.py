@@ -13,21 +13,28 @@ from pipeline import main as pipeline_main
 TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
 
 
+@contextlib.contextmanager
+def token_in_env(token):
+  """The migration API token in the environment for the time of a run, then as it was."""
+  old = os.environ.get(TOKEN_ENV)
+  os.environ[TOKEN_ENV] = token
+  try:
+    yield
+  finally:
+    if old is None:
+      os.environ.pop(TOKEN_ENV, None)
+    else:
+      os.environ[TOKEN_ENV] = old
+
+
 def run_pipeline(stack, out_dir, extra=(), monkeypatch=None):
   """Runs the pipeline in-process against the stack; returns (exit code, run dir, summary)."""
   run_id = "t-" + uuid.uuid4().hex[:8]
   args = stack.pipeline_args(output_dir=str(out_dir), extra=["--run-id", run_id,
                                                              "--retry-base-delay", "0.01",
                                                              "--api-timeout", "5"] + list(extra))
-  old = os.environ.get(TOKEN_ENV)
-  os.environ[TOKEN_ENV] = stack.token
-  try:
+  with token_in_env(stack.token):
     code = pipeline_main.run(args)
-  finally:
-    if old is None:
-      os.environ.pop(TOKEN_ENV, None)
-    else:
-      os.environ[TOKEN_ENV] = old
   run_dir = os.path.join(str(out_dir), run_id)
   summary_path = os.path.join(run_dir, "summary.json")
   summary = json.load(open(summary_path)) if os.path.exists(summary_path) else None
@@ -45,16 +52,8 @@ def run_with_token(stack, out_dir, token, extra=()):
   run_id = "t-" + uuid.uuid4().hex[:8]
   args = stack.pipeline_args(output_dir=str(out_dir), extra=[
       "--run-id", run_id, "--retry-base-delay", "0.01", "--api-timeout", "2"] + list(extra))
-  old = os.environ.get(TOKEN_ENV)
-  os.environ[TOKEN_ENV] = token
   err = io.StringIO()
   started = time.monotonic()
-  try:
-    with contextlib.redirect_stderr(err):
-      code = pipeline_main.run(args)
-  finally:
-    if old is None:
-      os.environ.pop(TOKEN_ENV, None)
-    else:
-      os.environ[TOKEN_ENV] = old
+  with token_in_env(token), contextlib.redirect_stderr(err):
+    code = pipeline_main.run(args)
   return code, err.getvalue(), os.path.join(str(out_dir), run_id), time.monotonic() - started
