@@ -61,7 +61,12 @@ import signal
 from aiohttp import web
 
 from devstack.emulator_faults import (
-  add_latency, answer_fault, answer_thumbnail_fault, draw_fault, json_error)
+  add_latency,
+  answer_fault,
+  answer_thumbnail_fault,
+  draw_fault,
+  json_error,
+)
 from devstack.emulator_media import _make_gif, _make_mp4, _make_thumbnail
 from devstack.emulator_state import CDN_KINDS, RATE_KNOBS, SHAPES, EmulatorState, normalize_config
 

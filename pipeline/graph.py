@@ -21,24 +21,23 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
-from transforms.stages import replay
-from pipeline.options import MODE_REPLAY, MigrationOptions, parallel_instances, share, \
-  split_relays
-from transforms.runtime import outcomes as dl
+from pipeline.options import MODE_REPLAY, MigrationOptions, parallel_instances, share, split_relays
+from transforms.clients.migration_contract import RetryPolicy
+from transforms.core.records import KIND_32222, SHORT_VIDEO_KIND, VIDEO_KIND
 from transforms.io import local_files as sinks
-from transforms.io.dead_letters import ReadDeadLetters
 from transforms.io.bigquery_tables import WriteDeadLettersToBigQuery, WriteResultsToBigQuery
+from transforms.io.dead_letters import ReadDeadLetters
+from transforms.io.relay_events import VIDEOS, ReadRelayEvents
+from transforms.io.relay_stream import ReadStreamEvents
+from transforms.io.row_lookup import LookupVineRowsFn
 from transforms.io.vine_rows import ReadVineRows
+from transforms.runtime import outcomes as dl
+from transforms.stages import replay
 from transforms.stages.blurhash import ComputeBlurhashFn
+from transforms.stages.build import BuildVideoEventFn
 from transforms.stages.join import JoinOnVineId
 from transforms.stages.migrate import MigrateVideoFn
-from transforms.clients.migration_contract import RetryPolicy
 from transforms.stages.publish import PublishEventsFn
-from transforms.core.records import KIND_32222, SHORT_VIDEO_KIND, VIDEO_KIND
-from transforms.io.relay_events import VIDEOS, ReadRelayEvents
-from transforms.io.row_lookup import LookupVineRowsFn
-from transforms.io.relay_stream import ReadStreamEvents
-from transforms.stages.build import BuildVideoEventFn
 from transforms.stages.sign import SignEventFn
 
 PUBLISHED = "published"

@@ -38,11 +38,9 @@ import sys
 import tempfile
 from typing import List, Optional, Tuple
 
-from transforms.keys.crypto import KEK_BYTES, SPEC_HELP, Decryptor, KekError, is_encrypted, \
-  load_kek
+from transforms.keys.crypto import KEK_BYTES, SPEC_HELP, Decryptor, KekError, is_encrypted, load_kek
 from transforms.keys.store import KeyStore, KeyStoreError
-from transforms.nostr.event import KeyError_, derive_public_key, parse_private_key, \
-  parse_public_key
+from transforms.nostr.event import KeyError_, derive_public_key, parse_private_key, parse_public_key
 
 TABLE = "user_migrations"
 _COLUMNS = ("username", "nostr_public_key", "nostr_private_key")

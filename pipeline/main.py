@@ -25,11 +25,11 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from pipeline import progress
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
 from pipeline.options import MODE_REPLAY, ConfigError, MigrationOptions, validate
-from transforms.core.text import utc_now_iso
-from transforms.runtime import accounting
 from transforms.clients import secrets as secret_values
-from transforms.runtime.outcomes import StopRun
+from transforms.core.text import utc_now_iso
 from transforms.io.local_files import SUMMARY_FILE, run_output_dir
+from transforms.runtime import accounting
+from transforms.runtime.outcomes import StopRun
 
 _LOG = logging.getLogger("vine_migration")
 

@@ -13,8 +13,13 @@ import re
 from typing import List
 from urllib.parse import urlsplit
 
-from apache_beam.options.pipeline_options import DebugOptions, DirectOptions, PipelineOptions, \
-  StandardOptions, WorkerOptions
+from apache_beam.options.pipeline_options import (
+  DebugOptions,
+  DirectOptions,
+  PipelineOptions,
+  StandardOptions,
+  WorkerOptions,
+)
 
 from transforms.clients.secrets import TOKEN_ENV_VAR
 from transforms.core.records import KIND_32222, KIND_34236, KIND_BOTH
@@ -257,7 +262,10 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
     except KekError as exc:
       raise ConfigError("--kek: %s" % exc) from None
   from transforms.io.bigquery_tables import (  # pylint: disable=import-outside-toplevel
-      DEAD_LETTER_TABLE_FLAG, RESULTS_TABLE_FLAG, parse_table_spec)
+    DEAD_LETTER_TABLE_FLAG,
+    RESULTS_TABLE_FLAG,
+    parse_table_spec,
+  )
   for flag, value in ((DEAD_LETTER_TABLE_FLAG, opts.dead_letter_table),
                       (RESULTS_TABLE_FLAG, opts.results_table)):
     if value:

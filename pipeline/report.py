@@ -31,12 +31,23 @@ import shlex
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from pipeline.run_outputs import OUTPUT_FILES, ReportError, RunOutputs, find_run_dir, \
-  join_path, load_run, migrated_counts, recent_failures, select_dead, top_errors, totals, \
-  vine_status
+from pipeline.run_outputs import (
+  OUTPUT_FILES,
+  ReportError,
+  RunOutputs,
+  find_run_dir,
+  join_path,
+  load_run,
+  migrated_counts,
+  recent_failures,
+  select_dead,
+  top_errors,
+  totals,
+  vine_status,
+)
 from transforms.clients.secrets import TOKEN_ENV_VAR
-from transforms.runtime import outcomes as dl
 from transforms.io.local_files import DEAD_LETTERS_FILE, SUMMARY_FILE
+from transforms.runtime import outcomes as dl
 
 _LOG = logging.getLogger(__name__)
 

@@ -16,9 +16,14 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.io.local_files import (
+  DEAD_LETTERS_FILE,
+  MONITOR_FILE,
+  PUBLISHED_FILE,
+  SKIPPED_FILE,
+  SUMMARY_FILE,
+)
 from transforms.runtime.accounting import SEED_STATS
-from transforms.io.local_files import DEAD_LETTERS_FILE, MONITOR_FILE, PUBLISHED_FILE, SKIPPED_FILE, \
-  SUMMARY_FILE
 
 OUTPUT_FILES = (SUMMARY_FILE, DEAD_LETTERS_FILE, SKIPPED_FILE, PUBLISHED_FILE, MONITOR_FILE)
 

@@ -19,8 +19,15 @@ import pytest
 from devstack.emulator_faults import keyed_fault
 from devstack.emulator_state import normalize_config
 from devstack.stack import LocalStack
-from tests.support.run_checks import (assert_balanced, assert_relay_consistent, blurhash_of,
-                                      d_tag, is_migrated, read_outputs, vine_ids_on_relay)
+from tests.support.run_checks import (
+  assert_balanced,
+  assert_relay_consistent,
+  blurhash_of,
+  d_tag,
+  is_migrated,
+  read_outputs,
+  vine_ids_on_relay,
+)
 from tests.support.runs import TOKEN_ENV, run_pipeline, run_with_token
 
 pytestmark = pytest.mark.integration

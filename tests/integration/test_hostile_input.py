@@ -30,14 +30,18 @@ import sqlite3
 import pytest
 
 from devstack.stack import LocalStack, publish_events
-from tests.support.runs import read_ndjson, run_pipeline
 from tests.support.hostile import make_corpus
-from transforms.nostr.video_event import MAX_CONTENT_BYTES, MAX_EVENT_BYTES, MAX_HASHTAGS, \
-  MAX_TAG_BYTES
-from transforms.nostr.event import first_tag_value, validate_event
-from transforms.core.text import json_safe
+from tests.support.runs import read_ndjson, run_pipeline
 from transforms.clients.relay.reader import fetch_events
+from transforms.core.text import json_safe
 from transforms.io.relay_events import event_problem
+from transforms.nostr.event import first_tag_value, validate_event
+from transforms.nostr.video_event import (
+  MAX_CONTENT_BYTES,
+  MAX_EVENT_BYTES,
+  MAX_HASHTAGS,
+  MAX_TAG_BYTES,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,14 @@ import pytest
 from devstack.relay import RelayProcess, free_port
 from devstack.stack import LocalStack
 from tests.support.faulty_relay import FaultyRelayProxy
-from tests.support.run_checks import (assert_balanced, assert_relay_consistent, d_tag, is_migrated,
-                                      read_outputs, vine_ids_on_relay)
+from tests.support.run_checks import (
+  assert_balanced,
+  assert_relay_consistent,
+  d_tag,
+  is_migrated,
+  read_outputs,
+  vine_ids_on_relay,
+)
 from tests.support.runs import run_pipeline, run_with_token
 from transforms.nostr.event import validate_event
 from transforms.stages import build

@@ -22,8 +22,14 @@ import pytest
 from devstack.stack import LocalStack
 from tests.support.faulty_relay import FaultyRelayProxy
 from tests.support.paths import ROOT
-from tests.support.run_checks import (assert_balanced, assert_relay_consistent, blurhash_of,
-                                      d_tag, is_migrated, read_outputs)
+from tests.support.run_checks import (
+  assert_balanced,
+  assert_relay_consistent,
+  blurhash_of,
+  d_tag,
+  is_migrated,
+  read_outputs,
+)
 from tests.support.runs import TOKEN_ENV, run_pipeline
 from transforms.nostr.event import first_tag_value
 

@@ -45,8 +45,14 @@ from pipeline.graph import attach_local_sinks, build_graph
 from pipeline.options import MigrationOptions, validate
 from tests.support.paths import ROOT
 from tests.support.runs import TOKEN_ENV, read_ndjson
-from tests.support.secret_scan import (find_leaks, kek_forms, key_forms, read_tree, token_forms,
-                                       unwrap)
+from tests.support.secret_scan import (
+  find_leaks,
+  kek_forms,
+  key_forms,
+  read_tree,
+  token_forms,
+  unwrap,
+)
 from tests.support.security import KEK, KEK_ENV, TOKEN
 from transforms.clients.relay.publisher import RelayPublisher
 from transforms.clients.relay.reader import fetch_events

@@ -1,7 +1,6 @@
 """Work items for kind 34236 (NIP-71) tests: an old 32222 event, a row, the API's URLs."""
 
-from transforms.core import rows
-from transforms.core import records
+from transforms.core import records, rows
 from transforms.nostr.event import Signer, generate_private_key
 
 UID = "0123456789abcdef0123456789abcdef"

@@ -23,12 +23,25 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import aiohttp
 
-from transforms.core.text import utc_now_iso
 from transforms.clients import secrets as secret_values
+from transforms.clients.migration_contract import (
+  LOOKUP_PATH,
+  MIGRATE_PATH,
+  MigrationResult,
+  Outcome,
+  ResponseTooLarge,
+  RetryPolicy,
+  backoff_delay,
+  classify,
+  error_line,
+  error_text,
+  normalise_urls,
+  parse_json_object,
+  validate_openvine_id,
+  validate_vine_id,
+)
+from transforms.core.text import utc_now_iso
 from transforms.runtime.logs import CappedLog, log_stage
-from transforms.clients.migration_contract import LOOKUP_PATH, MIGRATE_PATH, MigrationResult, Outcome, \
-  ResponseTooLarge, RetryPolicy, backoff_delay, classify, error_text, normalise_urls, \
-  parse_json_object, error_line, validate_openvine_id, validate_vine_id
 
 _LOG = logging.getLogger(__name__)
 

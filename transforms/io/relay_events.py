@@ -37,8 +37,13 @@ from apache_beam.pvalue import TaggedOutput
 from transforms.clients.relay.common import RelayError
 from transforms.clients.relay.reader import fetch_events
 from transforms.core.ids import HEX64_RE, HEX128_RE, is_vine_id
-from transforms.core.records import SHORT_VIDEO_KIND, SKIP_NO_VINE_ID, VIDEO_KIND, newer, \
-  to_source_event
+from transforms.core.records import (
+  SHORT_VIDEO_KIND,
+  SKIP_NO_VINE_ID,
+  VIDEO_KIND,
+  newer,
+  to_source_event,
+)
 from transforms.core.text import has_surrogate, json_safe
 from transforms.nostr.event import first_tag_value, validate_event
 from transforms.runtime import accounting

@@ -69,13 +69,13 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from transforms.clients.relay.common import validate_relay_url
+from transforms.clients.relay.subscription import DEFAULT_OVERLAP_SECONDS, RelaySubscriptionClient
+from transforms.core.records import VIDEO_KIND, migrated_uid
+from transforms.io.relay_events import INVALID, ClassifyEventFn, InvalidEventFn, ValidateEventFn
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
 from transforms.runtime.logs import log_stage
-from transforms.core.records import VIDEO_KIND, migrated_uid
-from transforms.clients.relay.common import validate_relay_url
-from transforms.clients.relay.subscription import DEFAULT_OVERLAP_SECONDS, RelaySubscriptionClient
-from transforms.io.relay_events import INVALID, ClassifyEventFn, InvalidEventFn, ValidateEventFn
 
 _LOG = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.runtime import accounting
-from transforms.io.vine_rows import seed_query
-from transforms.core.records import BadInput, VineRow, WorkItem
 from transforms.core.ids import is_vine_id
+from transforms.core.records import BadInput, VineRow, WorkItem
 from transforms.core.rows import parse_row
+from transforms.io.vine_rows import seed_query
+from transforms.runtime import accounting
 
 _LOG = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import apache_beam as beam
 from apache_beam import coders
 from apache_beam.pvalue import TaggedOutput
 
+from transforms.core.records import BadInput
+from transforms.core.rows import parse_row
+from transforms.core.text import json_safe
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
-from transforms.core.records import BadInput
-from transforms.core.text import json_safe
-from transforms.core.rows import parse_row
 
 _LOG = logging.getLogger(__name__)
 

@@ -16,12 +16,16 @@ import sqlite3
 import stat
 from typing import Dict, Optional
 
-from transforms.nostr.event import KeyError_, Signer, derive_public_key, parse_private_key, \
-  parse_public_key
-
 # Encryption at rest (transforms/keys/crypto.py): values `enc:v1:...` need a decryptor.
 from transforms.keys.crypto import decryptor_for_spec, is_encrypted
 from transforms.keys.remote_files import local_path
+from transforms.nostr.event import (
+  KeyError_,
+  Signer,
+  derive_public_key,
+  parse_private_key,
+  parse_public_key,
+)
 
 NO_KEK_REASON = "encrypted key but no KEK configured: set --kek"
 PLAINTEXT_DB_WARNING = ("keys database is plaintext (%d keys stored unencrypted); encrypt it "

@@ -20,9 +20,19 @@ from transforms.core.ids import HEX64_RE, OPENVINE_MEDIA_URL, usable_openvine_id
 from transforms.core.records import MIGRATION_NAME, MIGRATION_TAG, SHORT_VIDEO_KIND, WorkItem
 from transforms.core.text import clean_text
 from transforms.nostr.event import first_tag_value
-from transforms.nostr.video_event import CLIENT_NAME, DEFAULT_DIM, DEFAULT_DURATION, \
-  MAX_CONTENT_BYTES, MAX_HASHTAGS, PLACEHOLDER_TITLES, add_tag, fit_event_size, imeta_field, \
-  trim_utf8, video_title
+from transforms.nostr.video_event import (
+  CLIENT_NAME,
+  DEFAULT_DIM,
+  DEFAULT_DURATION,
+  MAX_CONTENT_BYTES,
+  MAX_HASHTAGS,
+  PLACEHOLDER_TITLES,
+  add_tag,
+  fit_event_size,
+  imeta_field,
+  trim_utf8,
+  video_title,
+)
 
 VINE_URL = "https://vine.co/v/%s"
 # Clients drop videos whose duration is 7 s or more; Vines are at most about 6.5 s.

@@ -13,10 +13,10 @@ that the seed does not list (an `expiration` among them) are not carried over.
 import json
 from typing import Any, Dict, List, Optional
 
-from transforms.nostr.event import first_tag_value
-from transforms.core.records import MIGRATION_NAME, MIGRATION_TAG, VIDEO_KIND, WorkItem
 from transforms.core.ids import OPENVINE_MEDIA_URL, usable_openvine_id
+from transforms.core.records import MIGRATION_NAME, MIGRATION_TAG, VIDEO_KIND, WorkItem
 from transforms.core.text import clean_text
+from transforms.nostr.event import first_tag_value
 
 CLIENT_NAME = "divine.video"
 MAX_TAG_BYTES = 1024

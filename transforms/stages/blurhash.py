@@ -19,13 +19,13 @@ from urllib.parse import urlsplit
 import aiohttp
 from apache_beam.pvalue import TaggedOutput
 
-from transforms.runtime import accounting
-from transforms.runtime import outcomes as dl
+from transforms.core.records import WorkItem
 from transforms.media.isolated_decoder import DecoderCrash, IsolatedDecoder
 from transforms.media.thumbnail import ThumbnailError
+from transforms.runtime import accounting
+from transforms.runtime import outcomes as dl
 from transforms.runtime.async_dofn import AsyncDoFn
 from transforms.runtime.logs import CappedLog
-from transforms.core.records import WorkItem
 
 _LOG = logging.getLogger(__name__)
 

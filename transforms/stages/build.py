@@ -13,8 +13,14 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
-from transforms.core.records import KIND_32222, KIND_34236, KIND_BOTH, SKIP_UP_TO_DATE, \
-  SourceEvent, WorkItem
+from transforms.core.records import (
+  KIND_32222,
+  KIND_34236,
+  KIND_BOTH,
+  SKIP_UP_TO_DATE,
+  SourceEvent,
+  WorkItem,
+)
 from transforms.nostr.short_video_event import build_short_video_event
 from transforms.nostr.video_event import build_video_event, is_up_to_date
 from transforms.runtime import accounting

@@ -18,11 +18,11 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
+from transforms.core.ids import usable_openvine_id
+from transforms.core.records import SKIP_NO_EVENT, WorkItem, newer
+from transforms.nostr.event import first_tag_value
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
-from transforms.nostr.event import first_tag_value
-from transforms.core.records import SKIP_NO_EVENT, WorkItem, newer
-from transforms.core.ids import usable_openvine_id
 
 ROWS = "rows"
 EVENTS = "events"

@@ -13,18 +13,18 @@ from typing import Any, List, Optional
 
 from apache_beam.pvalue import TaggedOutput
 
+from transforms.clients import secrets as secret_values
+from transforms.clients.migration_api import MigrationClient
+from transforms.clients.migration_contract import RetryPolicy, error_line, validate_openvine_id
+from transforms.core.ids import STREAM_UID_RE
+from transforms.core.records import SKIP_NO_OPENVINE_ID, WorkItem
+from transforms.nostr.short_video_event import short_video_urls
+from transforms.nostr.video_event import existing_urls
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
-from transforms.clients import secrets as secret_values
 from transforms.runtime.async_dofn import AsyncDoFn
 from transforms.runtime.logs import CappedLog
 from transforms.runtime.outcomes import StopRun
-from transforms.nostr.video_event import existing_urls
-from transforms.clients.migration_api import MigrationClient
-from transforms.clients.migration_contract import RetryPolicy, error_line, validate_openvine_id
-from transforms.nostr.short_video_event import short_video_urls
-from transforms.core.records import SKIP_NO_OPENVINE_ID, WorkItem
-from transforms.core.ids import STREAM_UID_RE
 
 _LOG = logging.getLogger(__name__)
 

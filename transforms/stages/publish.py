@@ -19,14 +19,14 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
+from transforms.clients.relay.publisher import RelayPublisher
+from transforms.core.records import WorkItem
 from transforms.core.text import utc_now_iso
+from transforms.keys.store import load_key_store
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
-from transforms.runtime.logs import CappedLog, log_stage
 from transforms.runtime.async_dofn import wrap_like
-from transforms.keys.store import load_key_store
-from transforms.core.records import WorkItem
-from transforms.clients.relay.publisher import RelayPublisher
+from transforms.runtime.logs import CappedLog, log_stage
 
 _LOG = logging.getLogger(__name__)
 

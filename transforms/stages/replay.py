@@ -24,10 +24,10 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
+from transforms.core.records import SourceEvent, WorkItem, newer, row_from_dict, to_source_event
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
 from transforms.runtime.logs import log_stage
-from transforms.core.records import SourceEvent, WorkItem, newer, row_from_dict, to_source_event
 
 _LOG = logging.getLogger(__name__)
 

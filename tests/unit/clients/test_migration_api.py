@@ -11,8 +11,16 @@ import socket
 import pytest
 from aiohttp import web
 
-from tests.support.api_answers import (ALREADY, AUG_2025, CDN, OCT_2025, OPENVINE_ID, TOKEN, UID,
-                                       VINE_ID)
+from tests.support.api_answers import (
+  ALREADY,
+  AUG_2025,
+  CDN,
+  OCT_2025,
+  OPENVINE_ID,
+  TOKEN,
+  UID,
+  VINE_ID,
+)
 from transforms.clients import migration_api as api
 from transforms.clients import migration_contract as contract
 

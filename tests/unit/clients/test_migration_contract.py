@@ -9,8 +9,16 @@ import random
 import aiohttp
 import pytest
 
-from tests.support.api_answers import (ALREADY, AUG_2025, CDN, OCT_2025, OPENVINE_ID, TOKEN, UID,
-                                       VINE_ID)
+from tests.support.api_answers import (
+  ALREADY,
+  AUG_2025,
+  CDN,
+  OCT_2025,
+  OPENVINE_ID,
+  TOKEN,
+  UID,
+  VINE_ID,
+)
 from transforms.clients import migration_contract as contract
 
 

@@ -3,8 +3,7 @@
 import pytest
 
 from tests.support.security import VINE_ID
-from transforms.core import rows
-from transforms.core import records
+from transforms.core import records, rows
 from transforms.core.records import BadInput, extract_vine_id
 from transforms.core.rows import parse_row
 

@@ -10,8 +10,13 @@ import pytest
 
 from devstack import sample_corpus, sampledata
 from tests.unit.devstack.conftest import ndjson
-from transforms.nostr.event import (derive_public_key, first_tag_value, parse_private_key,
-                                    tag_values, validate_event)
+from transforms.nostr.event import (
+  derive_public_key,
+  first_tag_value,
+  parse_private_key,
+  tag_values,
+  validate_event,
+)
 
 OPENVINE_ID = re.compile(r"^\d{13}-[0-9a-f]{8}$")
 

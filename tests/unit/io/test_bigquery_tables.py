@@ -17,11 +17,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from apitools.base.py.exceptions import HttpError
 
 from tests.support.offline import offline_and_bounded
+from transforms.core.records import WorkItem, to_source_event
+from transforms.io import bigquery_tables as bqs
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
-from transforms.io import bigquery_tables as bqs
 from transforms.stages.publish import result_record
-from transforms.core.records import WorkItem, to_source_event
 
 TEST_SECONDS = 60
 

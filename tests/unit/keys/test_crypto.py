@@ -14,7 +14,6 @@ from tests.support.paths import ROOT
 from transforms.keys import crypto as kc
 from transforms.nostr import event as ne
 
-
 # ---------------------------------------------------------------------------
 # Values.
 

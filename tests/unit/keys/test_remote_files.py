@@ -5,6 +5,7 @@ import os
 import stat
 
 from apache_beam.io.filesystems import FileSystems
+
 from transforms.keys.remote_files import local_path
 
 

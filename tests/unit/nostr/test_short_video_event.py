@@ -5,8 +5,7 @@ import re
 import pytest
 
 from tests.support.short_video import SHA, SIGNER, UID, VINE, short_video_item, signed_event
-from transforms.core import rows
-from transforms.core import records
+from transforms.core import records, rows
 from transforms.nostr import short_video_event as nip71_event
 from transforms.nostr.event import validate_event
 

@@ -1,7 +1,6 @@
 """Building the kind 32222 replacement event: tag order and values, trimming, up-to-date checks."""
 
-from transforms.core import rows
-from transforms.core import records
+from transforms.core import records, rows
 from transforms.nostr import video_event as event_builder
 from transforms.nostr.event import Signer, generate_private_key, validate_event
 

@@ -10,8 +10,14 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import main as pipeline_main
-from pipeline.options import (ConfigError, MigrationOptions, check_relay_url, parallel_instances,
-                              share, validate)
+from pipeline.options import (
+  ConfigError,
+  MigrationOptions,
+  check_relay_url,
+  parallel_instances,
+  share,
+  validate,
+)
 from tests.support.keys import tiny_keys_db
 from tests.support.runs import TOKEN_ENV
 from tests.support.security import SECRET_NAME, TOKEN, needs_patch

@@ -8,8 +8,14 @@ from apache_beam.internal import pickler
 
 from tests.support.runs import TOKEN_ENV
 from tests.support.secret_scan import unwrap
-from tests.support.security import (CDN, SECRET_NAME, TOKEN, FakeSecretManager, needs_patch,
-                                    work_item)
+from tests.support.security import (
+  CDN,
+  SECRET_NAME,
+  TOKEN,
+  FakeSecretManager,
+  needs_patch,
+  work_item,
+)
 from tests.support.short_video import SHA, SIGNER, UID, short_video_item
 from transforms.clients import secrets as sv
 from transforms.core import records

@@ -13,16 +13,16 @@ import logging
 import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from transforms.core.backoff import exponential_backoff
-from transforms.runtime.logs import CappedLog
 from transforms.clients.relay.common import TRANSIENT_PREFIXES, message_prefix
 from transforms.clients.relay.outcomes import (
-    AUTH_WAIT,
-    OUTCOME_PERMANENT,
-    OUTCOME_TRANSIENT_EXHAUSTED,
-    PendingEvent,
+  AUTH_WAIT,
+  OUTCOME_PERMANENT,
+  OUTCOME_TRANSIENT_EXHAUSTED,
+  PendingEvent,
 )
 from transforms.clients.relay.pending import PendingEvents
+from transforms.core.backoff import exponential_backoff
+from transforms.runtime.logs import CappedLog
 
 _LOG = logging.getLogger(__name__)
 

@@ -13,19 +13,19 @@ import logging
 import queue
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from transforms.core.backoff import exponential_backoff
 from transforms.clients.relay.outcomes import (
-    AUTH_WAIT,
-    OUTCOME_ACCEPTED,
-    OUTCOME_DUPLICATE,
-    OUTCOME_PERMANENT,
-    OUTCOME_TRANSIENT_EXHAUSTED,
-    READY,
-    SCHEDULED,
-    SENT,
-    PendingEvent,
-    PublishResult,
+  AUTH_WAIT,
+  OUTCOME_ACCEPTED,
+  OUTCOME_DUPLICATE,
+  OUTCOME_PERMANENT,
+  OUTCOME_TRANSIENT_EXHAUSTED,
+  READY,
+  SCHEDULED,
+  SENT,
+  PendingEvent,
+  PublishResult,
 )
+from transforms.core.backoff import exponential_backoff
 
 _LOG = logging.getLogger(__name__)
 

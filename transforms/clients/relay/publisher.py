@@ -24,25 +24,25 @@ from typing import Any, Callable, Dict, List, Optional
 
 import websocket
 
-from transforms.core.backoff import exponential_backoff
-from transforms.runtime.logs import log_stage
 from transforms.clients.relay.auth import Nip42Auth
 from transforms.clients.relay.common import (
-    NOTICES_LOGGED,
-    TRANSIENT_PREFIXES,
-    close_quietly,
-    decode_message,
-    message_prefix,
-    validate_relay_url,
+  NOTICES_LOGGED,
+  TRANSIENT_PREFIXES,
+  close_quietly,
+  decode_message,
+  message_prefix,
+  validate_relay_url,
 )
 from transforms.clients.relay.outcomes import (
-    OUTCOME_ACCEPTED,
-    OUTCOME_DUPLICATE,
-    OUTCOME_PERMANENT,
-    SENT,
-    PublishResult,
+  OUTCOME_ACCEPTED,
+  OUTCOME_DUPLICATE,
+  OUTCOME_PERMANENT,
+  SENT,
+  PublishResult,
 )
 from transforms.clients.relay.pending import PendingEvents
+from transforms.core.backoff import exponential_backoff
+from transforms.runtime.logs import log_stage
 
 _LOG = logging.getLogger(__name__)
 

@@ -14,16 +14,16 @@ from typing import Any, Dict, Iterator, List, Optional, Set
 
 import websocket
 
-from transforms.core.backoff import exponential_backoff
 from transforms.clients.relay.common import (
-    TRANSIENT_PREFIXES,
-    RelayError,
-    close_quietly,
-    decode_message,
-    is_event_shape,
-    message_prefix,
-    validate_relay_url,
+  TRANSIENT_PREFIXES,
+  RelayError,
+  close_quietly,
+  decode_message,
+  is_event_shape,
+  message_prefix,
+  validate_relay_url,
 )
+from transforms.core.backoff import exponential_backoff
 
 _LOG = logging.getLogger(__name__)
 

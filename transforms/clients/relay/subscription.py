@@ -28,15 +28,15 @@ from typing import Any, Callable, Dict, Iterator, Optional
 
 import websocket
 
-from transforms.core.backoff import exponential_backoff
 from transforms.clients.relay.common import (
-    NOTICES_LOGGED,
-    TRANSIENT_PREFIXES,
-    close_quietly,
-    decode_message,
-    is_event_shape,
-    validate_relay_url,
+  NOTICES_LOGGED,
+  TRANSIENT_PREFIXES,
+  close_quietly,
+  decode_message,
+  is_event_shape,
+  validate_relay_url,
 )
+from transforms.core.backoff import exponential_backoff
 
 _LOG = logging.getLogger(__name__)
 

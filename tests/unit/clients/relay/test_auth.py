@@ -12,13 +12,12 @@ from devstack.relay import RelayProcess
 from tests.support.ws_server import ThreadedServer
 from tests.unit.clients.relay.helpers import publish_all, signed_notes
 from transforms.clients.relay.outcomes import (
-    OUTCOME_ACCEPTED,
-    OUTCOME_PERMANENT,
-    OUTCOME_TRANSIENT_EXHAUSTED,
+  OUTCOME_ACCEPTED,
+  OUTCOME_PERMANENT,
+  OUTCOME_TRANSIENT_EXHAUSTED,
 )
 from transforms.clients.relay.reader import fetch_events
 from transforms.nostr.event import Signer, generate_private_key
-
 
 # ---------------------------------------------------------------------------
 # Real relay: NIP-42

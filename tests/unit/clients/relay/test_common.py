@@ -4,7 +4,6 @@ import pytest
 
 from transforms.clients.relay.common import validate_relay_url
 
-
 # ---------------------------------------------------------------------------
 # validate_relay_url
 

@@ -20,10 +20,10 @@ from devstack.relay import RelayProcess, free_port
 from tests.support.ws_server import ThreadedServer
 from tests.unit.clients.relay.helpers import publish_all, signed_notes
 from transforms.clients.relay.outcomes import (
-    OUTCOME_ACCEPTED,
-    OUTCOME_DUPLICATE,
-    OUTCOME_PERMANENT,
-    OUTCOME_TRANSIENT_EXHAUSTED,
+  OUTCOME_ACCEPTED,
+  OUTCOME_DUPLICATE,
+  OUTCOME_PERMANENT,
+  OUTCOME_TRANSIENT_EXHAUSTED,
 )
 from transforms.clients.relay.publisher import RelayPublisher
 from transforms.clients.relay.reader import fetch_events
@@ -31,7 +31,6 @@ from transforms.core import records
 from transforms.core.records import WorkItem
 from transforms.nostr.event import Signer, generate_private_key
 from transforms.stages.publish import PublishEventsFn
-
 
 # ---------------------------------------------------------------------------
 # Real relay: writing (and reading back)

@@ -11,7 +11,6 @@ from tests.unit.clients.relay.helpers import publish_all, signed_notes
 from transforms.clients.relay.reader import fetch_events
 from transforms.nostr.event import Signer, generate_private_key
 
-
 # ---------------------------------------------------------------------------
 # Real relay
 
