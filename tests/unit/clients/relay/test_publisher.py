@@ -2,22 +2,16 @@
 processes (devstack.relay).
 
 The retry paths that a real relay does not produce on demand (rate-limited,
-error:, a lost OK) use a tiny scripted relay built on the websockets package. The
-publish stage's answer to an event repeated in a bundle is tested here too: it
-rests on the publisher answering every token an event was submitted with.
+error:, a lost OK) use a tiny scripted relay built on the websockets package.
 """
 
-import json
 import threading
 import time
 
 import pytest
-from apache_beam.pvalue import TaggedOutput
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.windowed_value import WindowedValue
 
 from devstack.relay import RelayProcess, free_port
-from tests.support.ws_server import ThreadedServer
+from tests.support.scripted_relay import ScriptedRelay
 from tests.unit.clients.relay.helpers import publish_all, signed_notes
 from transforms.clients.relay.outcomes import (
   OUTCOME_ACCEPTED,
@@ -27,10 +21,7 @@ from transforms.clients.relay.outcomes import (
 )
 from transforms.clients.relay.publisher import RelayPublisher
 from transforms.clients.relay.reader import fetch_events
-from transforms.core import records
-from transforms.core.records import WorkItem
 from transforms.nostr.event import Signer, generate_private_key
-from transforms.stages.publish import PublishEventsFn
 
 # ---------------------------------------------------------------------------
 # Real relay: writing (and reading back)
@@ -167,29 +158,10 @@ def test_relay_that_never_comes_up_exhausts():
 # Scripted relay for the retry paths.
 
 
-class _ScriptedRelay(ThreadedServer):
-  """Answers each EVENT with the next scripted reply (None: no answer) then `true`."""
-
-  def __init__(self, replies):
-    self.replies = list(replies)
-    self.received = []
-    super().__init__()
-
-  def _handle(self, conn):
-    for raw in conn:
-      msg = json.loads(raw)
-      if msg[0] != "EVENT":
-        continue
-      self.received.append(msg[1]["id"])
-      reply = self.replies.pop(0) if self.replies else (True, "")
-      if reply is not None:
-        conn.send(json.dumps(["OK", msg[1]["id"], reply[0], reply[1]]))
-
-
 def test_rate_limited_twice_then_accepted_with_backoff():
   sleeps = []
   event = signed_notes(Signer(generate_private_key()), 1)[0]
-  with _ScriptedRelay([(False, "rate-limited: slow down"), (False, "error: busy")]) as fake:
+  with ScriptedRelay([(False, "rate-limited: slow down"), (False, "error: busy")]) as fake:
     results = publish_all(fake.url, [event], sleep=sleeps.append, backoff_base=0.5)
   assert [(r.outcome, r.attempts) for r in results] == [(OUTCOME_ACCEPTED, 3)]
   assert fake.received == [event["id"]] * 3
@@ -199,7 +171,7 @@ def test_rate_limited_twice_then_accepted_with_backoff():
 
 def test_transient_errors_exhaust_after_max_attempts():
   event = signed_notes(Signer(generate_private_key()), 1)[0]
-  with _ScriptedRelay([(False, "error: database locked")] * 10) as fake:
+  with ScriptedRelay([(False, "error: database locked")] * 10) as fake:
     results = publish_all(fake.url, [event], sleep=lambda s: None, max_attempts=4)
   assert [(r.outcome, r.attempts, r.accepted) for r in results] == [
       (OUTCOME_TRANSIENT_EXHAUSTED, 4, False)]
@@ -207,35 +179,9 @@ def test_transient_errors_exhaust_after_max_attempts():
   assert len(fake.received) == 4
 
 
-def test_publish_stage_answers_every_item_even_when_an_event_repeats_in_a_bundle():
-  """Both events of an --event-kind both item go out; an item listed twice (a dead letter
-  replayed twice) is sent once and both copies are answered: no vine goes missing."""
-  signer = Signer(generate_private_key())
-  old, new, video = [signer.sign({"kind": kind, "created_at": at, "content": "",
-                                  "tags": [["d", "MYxVapFvz2z"]]})
-                     for kind, at in ((32222, 1), (32222, 2), (34236, 2))]
-  item = WorkItem(vine_id="MYxVapFvz2z", source=records.to_source_event(old),
-                  migration={"uid": "0" * 32}, signed=new, signed_video=video)
-  windowed = WindowedValue(None, 0, [GlobalWindow()])
-  with _ScriptedRelay([]) as fake:
-    fn = PublishEventsFn([fake.url], "run-1", max_attempts=1)
-    fn.setup()
-    try:
-      fn.start_bundle()
-      outputs = (list(fn.process(item, windowed)) + list(fn.process(item, windowed))
-                 + list(fn.finish_bundle()))
-    finally:
-      fn.teardown()
-  results = [o.value for o in outputs if not isinstance(o, TaggedOutput)]
-  assert [(r["event_id"], r["video_event_id"], r["kinds"], r["relays"]) for r in results] == [
-      (new["id"], video["id"], [32222, 34236], [fake.url])] * 2
-  assert sorted(fake.received) == sorted([new["id"], video["id"]])
-  assert not [o for o in outputs if isinstance(o, TaggedOutput) and o.tag == "dead_letter"]
-
-
 def test_lost_ok_is_resent_after_ack_timeout():
   event = signed_notes(Signer(generate_private_key()), 1)[0]
-  with _ScriptedRelay([None]) as fake:
+  with ScriptedRelay([None]) as fake:
     results = publish_all(fake.url, [event], ack_timeout=0.3, sleep=lambda s: None)
   assert [(r.outcome, r.attempts) for r in results] == [(OUTCOME_ACCEPTED, 2)]
 
@@ -245,7 +191,7 @@ def test_other_refusals_are_permanent_and_duplicate_false_is_success():
   events = signed_notes(signer, 4)
   replies = [(False, "blocked: no"), (False, "pow: difficulty 20"), (False, "weird"),
              (False, "duplicate: have it")]
-  with _ScriptedRelay(replies) as fake:
+  with ScriptedRelay(replies) as fake:
     with RelayPublisher(fake.url, sleep=lambda s: None) as pub:
       results = []
       for event in events:  # one at a time so replies match events in order
