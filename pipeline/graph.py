@@ -24,7 +24,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from pipeline.options import MODE_REPLAY, MigrationOptions, parallel_instances, share, split_relays
 from transforms.clients.migration_contract import RetryPolicy
 from transforms.core.records import KIND_32222, SHORT_VIDEO_KIND, VIDEO_KIND
-from transforms.io import local_files as sinks
+from transforms.io import local_files
 from transforms.io.bigquery_tables import WriteDeadLettersToBigQuery, WriteResultsToBigQuery
 from transforms.io.dead_letters import ReadDeadLetters
 from transforms.io.relay_events import VIDEOS, ReadRelayEvents
@@ -184,13 +184,14 @@ def apply_stages(entries: Dict[str, beam.PCollection], opts: MigrationOptions, r
 
 def attach_local_sinks(outputs: Dict[str, beam.PCollection], run_dir: str) -> None:
   """Writes every output as one file under run_dir."""
-  outputs[DEAD_LETTERS] | "WriteDeadLetters" >> sinks.WriteNdjson(
-      os.path.join(run_dir, sinks.DEAD_LETTERS_FILE))
-  outputs[SKIPPED] | "WriteSkips" >> sinks.WriteNdjson(os.path.join(run_dir, sinks.SKIPPED_FILE))
-  outputs[PUBLISHED] | "WriteResults" >> sinks.WriteNdjson(
-      os.path.join(run_dir, sinks.PUBLISHED_FILE))
-  outputs[MONITOR] | "WriteMonitorLog" >> sinks.WriteLines(
-      os.path.join(run_dir, sinks.MONITOR_FILE))
+  outputs[DEAD_LETTERS] | "WriteDeadLetters" >> local_files.WriteNdjson(
+      os.path.join(run_dir, local_files.DEAD_LETTERS_FILE))
+  outputs[SKIPPED] | "WriteSkips" >> local_files.WriteNdjson(
+      os.path.join(run_dir, local_files.SKIPPED_FILE))
+  outputs[PUBLISHED] | "WriteResults" >> local_files.WriteNdjson(
+      os.path.join(run_dir, local_files.PUBLISHED_FILE))
+  outputs[MONITOR] | "WriteMonitorLog" >> local_files.WriteLines(
+      os.path.join(run_dir, local_files.MONITOR_FILE))
 
 
 def attach_bigquery_sinks(outputs: Dict[str, beam.PCollection], opts: MigrationOptions,
@@ -208,5 +209,5 @@ def attach_bigquery_sinks(outputs: Dict[str, beam.PCollection], opts: MigrationO
         opts.results_table, streaming, test_client=test_client))
   if failed and not streaming:  # the writers log and count refused rows; batch also keeps them
     (tuple(failed) | "FlattenBigQueryFailures" >> beam.Flatten()
-     | "WriteBigQueryFailures" >> sinks.WriteNdjson(os.path.join(run_dir,
-                                                                 sinks.BIGQUERY_FAILED_ROWS_FILE)))
+     | "WriteBigQueryFailures" >> local_files.WriteNdjson(
+         os.path.join(run_dir, local_files.BIGQUERY_FAILED_ROWS_FILE)))

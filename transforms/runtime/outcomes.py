@@ -28,14 +28,6 @@ DEAD_LETTER = "dead_letter"
 SKIPPED = "skipped"
 MONITOR = "monitor"
 
-
-def tagged(fn: beam.DoFn) -> beam.ParDo:
-  """`fn` as a ParDo with its main output ("main") and the tagged outputs it declares.
-
-  The stage's contract lives with its DoFn (`fn.OUTPUTS`), not in the graph.
-  """
-  return beam.ParDo(fn).with_outputs(*fn.OUTPUTS, main="main")
-
 # Stages (the `stage` column), in pipeline order; replay resumes at the failed one.
 STAGE_READ_ROWS = "read_rows"
 STAGE_READ_EVENTS = "read_events"
@@ -71,6 +63,7 @@ SCHEMA_FIELDS = (
     ("payload", "STRING", "NULLABLE"),
     ("replay_of", "STRING", "NULLABLE"),
 )
+
 
 def make_dead_letter(run_id: str,
                      stage: str,
@@ -123,6 +116,14 @@ def make_skip(stage: str, reason: str, vine_id: Optional[str],
   """A skipped item: terminal, with a named reason; counts `skipped_<reason>`."""
   accounting.count_skip(reason)
   return {"stage": stage, "reason": reason, "vine_id": vine_id, "event_id": event_id}
+
+
+def tagged(fn: beam.DoFn) -> beam.ParDo:
+  """`fn` as a ParDo with its main output ("main") and the tagged outputs it declares.
+
+  The stage's contract lives with its DoFn (`fn.OUTPUTS`), not in the graph.
+  """
+  return beam.ParDo(fn).with_outputs(*fn.OUTPUTS, main="main")
 
 
 class StopRun(RuntimeError):
