@@ -6,6 +6,8 @@
 
 Exit codes: 0 when the run finished and its accounting adds up; 1 when it does not
 add up or the run failed; 2 for bad configuration (the message names the flag).
+With --dry_run=True the graph is built (and, on DataflowRunner, the job translated
+offline), the plan is printed (pipeline/dry_run.py) and nothing runs or is written: 0.
 """
 
 import datetime
@@ -22,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline import progress
+from pipeline import dry_run, progress
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
 from pipeline.options import MODE_REPLAY, ConfigError, MigrationOptions, validate
 from transforms.clients import secrets as secret_values
@@ -127,9 +129,10 @@ def run(argv: Optional[List[str]] = None) -> int:
     return 2
   run_id = opts.run_id or new_run_id()
   run_dir = run_output_dir(opts.output_dir, run_id)
-  if "://" not in run_dir:
+  dry = dry_run.is_dry_run(options)
+  if not dry and "://" not in run_dir:
     os.makedirs(run_dir, exist_ok=True)
-  _LOG.info("run %s: outputs under %s", run_id, run_dir)
+  _LOG.info("run %s: outputs under %s%s", run_id, run_dir, " (dry run)" if dry else "")
 
   accounting.reset_deferred()  # nothing left over from an earlier run in this process
   accounting.reset_live()
@@ -139,6 +142,8 @@ def run(argv: Optional[List[str]] = None) -> int:
   if not streaming:  # local files are written once, at the end of a bounded run
     attach_local_sinks(outputs, run_dir)
   attach_bigquery_sinks(outputs, opts, run_dir, streaming=streaming)
+  if dry:
+    return _dry_run(pipeline, options, run_id, run_dir)
   display = progress.for_run(no_progress=opts.no_progress, streaming=streaming,
                              workers=local_workers(options, opts.workers),
                              local=is_local_runner(options), replay=opts.mode == MODE_REPLAY)
@@ -181,6 +186,24 @@ def run(argv: Optional[List[str]] = None) -> int:
                                             ("results", opts.results_table)) if name]
   progress.print_summary(summary, run_dir, tables)
   return 0 if summary["balanced"] else 1
+
+
+def _dry_run(pipeline: beam.Pipeline, options: PipelineOptions, run_id: str,
+             run_dir: str) -> int:
+  """Prints what would run; nothing runs, so no counters, summary or accounting check.
+
+  DataflowRunner's dry run translates the job (overrides, proto, Job) offline and
+  returns before submitting: its proto and job name are the ones shown. Other
+  runners ignore --dry_run and would really run: for them the graph is only translated.
+  """
+  job = None
+  if "DataflowRunner" in str(options.view_as(StandardOptions).runner or ""):
+    job = getattr(pipeline.run(), "job", None)
+  proto = job.proto_pipeline if job is not None else pipeline.to_runner_api()
+  job_name = job.proto.name if job is not None else None
+  print(dry_run.plan(options, dry_run.top_level_steps(proto), run_id, run_dir, job_name),
+        end="")
+  return 0
 
 
 def _find_stop(exc: BaseException) -> Optional[str]:
