@@ -33,7 +33,10 @@ Environment (optional, defaults in brackets):
 
 Which events to publish: add --event-kind 32222|34236|both (default 32222; current
 divine.video clients read only 34236, see README "Event kinds").
-Offline check of the job (no network): add --dry_run=True.
+Dry run: add --dry_run=True. The job is built and translated offline (no network, nothing
+submitted or written), the plan is printed (runner, job name, mode, steps, settings with
+secrets shown only as "set", where outputs would go) and the script exits 0. Any value of
+--dry_run, even False, is a dry run to Beam: leave the flag out to submit.
 USAGE
 }
 case "${1:-}" in -h|--help) usage; exit 0;; esac

@@ -128,8 +128,9 @@ def plan(options: PipelineOptions, steps: List[str], run_id: str, run_dir: str,
             "  migration API token: %s" % (
                 "Secret Manager reference %s" % _reference(opts.token_secret)
                 if opts.token_secret else "env %s (set)" % secret_values.TOKEN_ENV_VAR),
-            "  --api-limit: %d job-wide, %d per DoFn instance (%d instances)"
-            % (opts.api_limit, share(opts.api_limit, instances), instances),
+            "  DoFn instances (the divisor of the limits): %d" % instances,
+            "  --api-limit: %d job-wide, %d per DoFn instance"
+            % (opts.api_limit, share(opts.api_limit, instances)),
             "  --publish-limit: %d job-wide, %d per DoFn instance"
             % (opts.publish_limit, share(opts.publish_limit, instances)),
             "  --min-relays: %s" % (opts.min_relays or "every relay (%d)" % len(relays)),
