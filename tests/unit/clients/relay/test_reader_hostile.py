@@ -7,13 +7,13 @@ import logging
 
 import pytest
 
+from tests.support.hostile_messages import MESSAGES
 from tests.support.memory_relay import ENDLESS, IGNORES_UNTIL, OLDEST_FIRST, MemoryRelay
 from tests.unit.clients.relay.helpers import signed_notes, sorted_ids
 from transforms.clients.relay.common import (
   DROP_MALFORMED,
   DROP_OVERSIZED,
   DROP_TOO_DEEP,
-  MAX_MESSAGE_BYTES,
   RelayMisbehaving,
 )
 from transforms.clients.relay.reader import ReadReport, fetch_events
@@ -21,7 +21,6 @@ from transforms.nostr.event import Signer, generate_private_key
 
 SIGNER = Signer(generate_private_key())
 BASE = 1_700_000_000
-NESTED = "[" * 100_000 + "]" * 100_000
 
 
 def _note(created_at, kind=1, tags=()):
@@ -124,8 +123,8 @@ def test_nested_oversized_malformed_messages_and_foreign_events_are_dropped_and_
   foreign = _note(BASE, kind=32222, tags=[["d", "vine0000001"]])  # a kind not asked for
 
   def hostile(sub):
-    return [NESTED, "[" + " " * MAX_MESSAGE_BYTES + "]", "{not json",
-            json.dumps(["EVENT", sub, {"id": 5}]), json.dumps(["EVENT", sub, foreign])]
+    return list(MESSAGES) + [json.dumps(["EVENT", sub, {"id": 5}]),
+                             json.dumps(["EVENT", sub, foreign])]
 
   with MemoryRelay(good, before_events=hostile) as relay:
     events, report = _read(relay.url, page_size=4)
