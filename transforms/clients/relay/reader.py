@@ -21,7 +21,7 @@ events all share one second, returned at once in fewer than asked; it is taken a
 whole.)
 
 Bounds. A read stops with ``RelayMisbehaving`` (a ``RelayError``) when the relay
-sends events newer than the ``until`` asked, serves a full page oldest first, sends
+sends events newer than the ``until`` asked, serves the oldest events first, sends
 far more than the ``limit`` asked, or the read passes ``max_requests`` REQs or
 ``max_seconds``. Messages that are oversized, too deeply nested or malformed, and
 events outside the filter asked for, are dropped and tallied in the ``ReadReport``.
@@ -137,9 +137,10 @@ def _read_page(ws, url: str, flt: Dict[str, Any], timeout: float,
       raise RelayError("relay closed the subscription: %s" % reason)
 
 
-def _oldest_first(page: List[dict], limit: int) -> bool:
-  """Whether a full page came oldest first (ascending created_at, as sent): NIP-01 asks
-  for the newest events, newest first, so such a relay would hide the newer ones."""
+def _ascending(page: List[dict], limit: int) -> bool:
+  """Whether a full page came oldest first (ascending created_at, as sent). A relay may
+  pick the newest events and send them so; one that picked the oldest would hide the
+  newer ones (see _Read.newer_than)."""
   times = [e["created_at"] for e in page]
   return (len(page) >= limit and times[0] < times[-1]
           and all(a <= b for a, b in zip(times, times[1:])))
@@ -163,7 +164,8 @@ class _Read:
     self.reconnects = 0
     self.ws = None
 
-  def request(self, until: Optional[int], limit: int) -> List[dict]:
+  def request(self, until: Optional[int], limit: int, since: Optional[int] = None
+              ) -> List[dict]:
     """One REQ (with reconnects); returns its events, as sent."""
     if self.report.requests >= self.max_requests:
       raise RelayMisbehaving("reading %s did not end within %d requests"
@@ -174,6 +176,8 @@ class _Read:
     flt["limit"] = limit
     if until is not None:
       flt["until"] = until
+    if since is not None:
+      flt["since"] = max(since, flt.get("since", since))
     for attempt in range(1, _FETCH_TRIES + 1):
       try:
         if self.ws is None:
@@ -204,6 +208,11 @@ class _Read:
         if self.newest is None or event["created_at"] > self.newest:
           self.newest = event["created_at"]
     return new
+
+  def newer_than(self, page: List[dict], until: Optional[int]) -> bool:
+    """Whether the relay holds an event newer than a page's newest, up to until: it
+    then served the oldest events instead of the newest."""
+    return bool(self.request(until, 1, since=max(e["created_at"] for e in page) + 1))
 
   def can_return_more_than(self, count: int) -> Optional[List[dict]]:
     """Probes whether the relay returns more than count events to one REQ.
@@ -268,8 +277,8 @@ def fetch_events(url: str, base_filter: Dict[str, Any], page_size: int = 500,
     while max_pages is None or pages < max_pages:
       page = read.request(until, limit)
       pages += 1
-      if _oldest_first(page, limit):
-        raise RelayMisbehaving("relay %s served a full page oldest first" % url)
+      if _ascending(page, limit) and read.newer_than(page, until):
+        raise RelayMisbehaving("relay %s served the oldest events first" % url)
       yield from read.take_new(page)
       shown, read.capacity = read.capacity, max(read.capacity, len(page))
       if not page:

@@ -91,9 +91,28 @@ def test_a_relay_ignoring_until_with_a_new_event_on_top_is_stopped_at_once():
 
 def test_a_relay_serving_the_oldest_events_first_is_stopped():
   with MemoryRelay(signed_notes(SIGNER, 20, base=BASE), mode=OLDEST_FIRST) as relay:
-    with pytest.raises(RelayMisbehaving, match="oldest first"):
+    with pytest.raises(RelayMisbehaving, match="oldest events first"):
       _read(relay.url, page_size=5)
-    assert relay.reqs == 1
+    assert relay.reqs == 2  # the page, and the probe that found newer events
+
+
+def test_a_relay_sending_the_newest_events_in_ascending_order_is_read_in_full():
+  events_in = signed_notes(SIGNER, 20, base=BASE)
+
+  class Ascending(MemoryRelay):
+    def _answer(self, flt):
+      return sorted(super()._answer(flt), key=lambda e: e["created_at"])
+
+  with Ascending(events_in) as relay:
+    events, report = _read(relay.url, page_size=5)
+  assert sorted_ids(events) == sorted_ids(events_in) and len(events) == 20
+
+
+def test_a_read_past_its_time_bound_is_stopped():
+  with MemoryRelay(signed_notes(SIGNER, 3, base=BASE)) as relay:
+    with pytest.raises(RelayMisbehaving, match="did not end within"):
+      _read(relay.url, page_size=2, max_seconds=-1)
+    assert relay.reqs == 0
 
 
 def test_a_read_that_never_ends_is_stopped_at_its_request_bound():
