@@ -10,15 +10,12 @@ no relay would take a replacement. Events are read from each relay in pages of 5
 going backwards (inclusive `until`), de-duplicated by id across relays, and reduced
 to the version a relay keeps: highest created_at, then lowest id.
 
-Relays are read concurrently. A relay that cannot be read (down, refusing, or
-misbehaving: `relays_misbehaving`, see transforms.clients.relay.reader) is logged and
-counted `relays_unreadable` and the run goes on with the others (its events are very
-likely on them too, and publishing will try it again). A relay holding more events in
-one second than it returns (`relay_seconds_incomplete`, `relays_incomplete`) gives its
-events but is not taken as read in full. When no relay can be read in full the run
-stops (StopRun): rows would end `no_event` or older versions win. Dropped messages
-(`relay_messages_dropped`) and events outside the filter (`events_outside_filter`,
-never inputs) are counted.
+Relays are read concurrently. A relay that cannot be read (down, refusing, misbehaving:
+`relays_misbehaving`) is logged, counted `relays_unreadable`, and the run goes on with
+the others (publishing will try it again). One holding more events in a second than it
+returns (`relay_seconds_incomplete`, `relays_incomplete`) gives its events but is not read
+in full. With no relay read in full the run stops (StopRun). Dropped relay messages and
+events outside the filter (never inputs) are counted: see the constants below.
 
 Each kept version records which of the relays read do not hold it
 (`SourceEvent.missing_on`, counted `relays_behind`): a relay that refused or missed
@@ -62,8 +59,6 @@ READABLE = "readable"
 # Output of the authors' current kind 34236 events (--event-kind 34236|both).
 VIDEOS = "videos"
 RELAYS_UNREADABLE = "relays_unreadable"
-# What the module docstring says: misbehaving relays (also unreadable), incomplete
-# seconds and relays, dropped relay messages, events outside the filter asked for.
 RELAYS_MISBEHAVING = "relays_misbehaving"
 RELAY_SECONDS_INCOMPLETE = "relay_seconds_incomplete"
 RELAYS_INCOMPLETE = "relays_incomplete"
