@@ -103,11 +103,14 @@ def test_client_drops_hostile_messages_and_events_outside_its_filter():
   other_kind = dict(video_event(now - 5, 900), kind=1)  # not asked for (kind 1)
   too_old = video_event(now - 500, 901)  # before `since`
 
+  reqs = []
+
   def handle(conn):
     for raw in conn:
       msg = json.loads(raw)
       if msg[0] != "REQ":
         continue
+      reqs.append(msg[1])
       for hostile in MESSAGES:
         conn.send(hostile)
       for event in [other_kind, too_old] + wanted:
@@ -121,7 +124,8 @@ def test_client_drops_hostile_messages_and_events_outside_its_filter():
       got = _collect(client, 3)
     server.shutdown()
   assert sorted_ids(got) == sorted_ids(wanted)
-  # The first REQ and the page back over its stored events each got the messages.
-  assert client.dropped >= len(MESSAGES) and client.dropped % len(MESSAGES) == 0
-  assert client.outside_filter == 2 * (client.dropped // len(MESSAGES))
+  # Each REQ (the subscription, then a page back over its stored events) got them all; the
+  # first REQ's came before the events collected, a later one's may be cut by the close.
+  assert len(MESSAGES) <= client.dropped <= len(MESSAGES) * len(reqs)
+  assert 2 <= client.outside_filter <= 2 * len(reqs)
   assert client.reconnects == 0
