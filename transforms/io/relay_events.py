@@ -10,10 +10,12 @@ no relay would take a replacement. Events are read from each relay in pages of 5
 going backwards (inclusive `until`), de-duplicated by id across relays, and reduced
 to the version a relay keeps: highest created_at, then lowest id.
 
-Relays are read concurrently. A relay that cannot be read (down, refusing) is logged
-and counted `relays_unreadable` and the run goes on with the others (its events are
-very likely on them too, and publishing will try it again); when no relay at all can
-be read the run stops (StopRun), since every row would otherwise end `no_event`.
+Relays are read concurrently. A relay that cannot be read (down, refusing, misbehaving:
+`relays_misbehaving`) is logged, counted `relays_unreadable`, and the run goes on with
+the others (publishing will try it again). One holding more events in a second than it
+returns (`relay_seconds_incomplete`, `relays_incomplete`) gives its events but is not read
+in full. With no relay read in full the run stops (StopRun). Dropped relay messages and
+events outside the filter (never inputs) are counted: see the constants below.
 
 Each kept version records which of the relays read do not hold it
 (`SourceEvent.missing_on`, counted `relays_behind`): a relay that refused or missed
@@ -34,8 +36,8 @@ import apache_beam as beam
 from apache_beam import coders
 from apache_beam.pvalue import TaggedOutput
 
-from transforms.clients.relay.common import RelayError
-from transforms.clients.relay.reader import fetch_events
+from transforms.clients.relay.common import RelayError, RelayMisbehaving
+from transforms.clients.relay.reader import ReadReport, fetch_events
 from transforms.core.ids import HEX64_RE, HEX128_RE, is_vine_id
 from transforms.core.records import (
   SHORT_VIDEO_KIND,
@@ -57,6 +59,11 @@ READABLE = "readable"
 # Output of the authors' current kind 34236 events (--event-kind 34236|both).
 VIDEOS = "videos"
 RELAYS_UNREADABLE = "relays_unreadable"
+RELAYS_MISBEHAVING = "relays_misbehaving"
+RELAY_SECONDS_INCOMPLETE = "relay_seconds_incomplete"
+RELAYS_INCOMPLETE = "relays_incomplete"
+RELAY_MESSAGES_DROPPED = "relay_messages_dropped"
+EVENTS_OUTSIDE_FILTER = "events_outside_filter"
 RELAYS_BEHIND = "relays_behind"
 VIDEO_EVENTS_READ = "video_events_read"
 VIDEO_EVENTS_IGNORED = "video_events_ignored"
@@ -154,13 +161,15 @@ class FetchRelayEventsFn(beam.DoFn):
     self._since = since
     self._fetch = fetch  # tests inject a fake; None means relay_reader.fetch_events
 
-  def _read_one(self, url: str, out: "queue.Queue", stop: threading.Event) -> int:
+  def _read_one(self, url: str, out: "queue.Queue", stop: threading.Event,
+                report: ReadReport) -> int:
     base_filter: Dict[str, Any] = {"kinds": list(self._kinds)}
     if self._since is not None:
       base_filter["since"] = self._since
     count = 0
     fetch = self._fetch or fetch_events
-    for event in fetch(url, base_filter, page_size=self._page_size, max_pages=self._max_pages):
+    for event in fetch(url, base_filter, page_size=self._page_size, max_pages=self._max_pages,
+                       report=report):
       if not _put(out, (_quarantine(event), (url,)), stop):
         break  # the consumer went away: closing the generator closes the connection
       count += 1
@@ -172,12 +181,14 @@ class FetchRelayEventsFn(beam.DoFn):
     out: "queue.Queue" = queue.Queue(maxsize=10000)
     stop = threading.Event()
     failures: Dict[str, str] = {}
+    incomplete: List[str] = []
+    reports = {url: ReadReport() for url in urls}
     with concurrent.futures.ThreadPoolExecutor(max(1, len(urls)),
                                                thread_name_prefix="relay-read") as pool:
       futures = {}
       try:
         for url in urls:
-          future = pool.submit(self._read_one, url, out, stop)
+          future = pool.submit(self._read_one, url, out, stop, reports[url])
           future.add_done_callback(lambda _f: _put(out, _DONE, stop))
           futures[future] = url
         finished = 0
@@ -190,22 +201,45 @@ class FetchRelayEventsFn(beam.DoFn):
       finally:
         stop.set()  # lets blocked readers return if this generator is abandoned
       for future, url in futures.items():
+        _count_report(reports[url])
         exc = future.exception()
         if exc is None:
           accounting.inc(accounting.EVENTS_READ, future.result())
           _LOG.debug("read %d events from %s", future.result(), url)
-          yield TaggedOutput(READABLE, url)
+          if reports[url].seconds_incomplete:
+            incomplete.append(url)
+          else:
+            yield TaggedOutput(READABLE, url)
           continue
         if not isinstance(exc, (RelayError, OSError)):
           raise exc
+        if isinstance(exc, RelayMisbehaving):
+          accounting.inc(RELAYS_MISBEHAVING)
         failures[url] = "%s: %s" % (type(exc).__name__, exc)
     for url, why in sorted(failures.items()):
       _LOG.warning("relay %s could not be read (%s); going on with the others", url, why)
     if failures:
       accounting.inc(RELAYS_UNREADABLE, len(failures))
+    for url in incomplete:
+      accounting.inc(RELAYS_INCOMPLETE)
+      _LOG.warning("relay %s was read incompletely (%d seconds held more events than it "
+                   "returns): its events are used, it is not taken as read in full", url,
+                   len(reports[url].seconds_incomplete))
     if urls and len(failures) == len(urls):
       raise StopRun("no relay could be read: %s" % "; ".join(
           "%s (%s)" % (url, why[:200]) for url, why in sorted(failures.items())))
+    if urls and len(failures) + len(incomplete) == len(urls):
+      raise StopRun("no relay could be read in full (incomplete: %s; unreadable: %s)"
+                    % (", ".join(incomplete), ", ".join(sorted(failures)) or "none"))
+
+
+def _count_report(report: ReadReport) -> None:
+  """Counts what one relay read dropped, ignored or left incomplete."""
+  for name, n in ((RELAY_MESSAGES_DROPPED, sum(report.dropped.values())),
+                  (EVENTS_OUTSIDE_FILTER, report.outside_filter),
+                  (RELAY_SECONDS_INCOMPLETE, len(report.seconds_incomplete))):
+    if n:
+      accounting.inc(name, n)
 
 
 class ValidateEventFn(beam.DoFn):

@@ -29,8 +29,8 @@ from transforms.clients.relay.common import (
   NOTICES_LOGGED,
   TRANSIENT_PREFIXES,
   close_quietly,
-  decode_message,
   message_prefix,
+  parse_message,
   validate_relay_url,
 )
 from transforms.clients.relay.outcomes import (
@@ -120,11 +120,12 @@ class RelayPublisher:
   def stats(self) -> Dict[str, int]:
     """Counts so far: events (distinct submitted), sent (frames, resends included),
     accepted, duplicate, refused (permanent), failed (transient_exhausted), resent,
-    connections, reconnects, auth_refusals."""
+    connections, reconnects, dropped_messages (relay messages dropped as oversized, too
+    deeply nested or malformed), auth_refusals."""
     with self._lock:
       counts = dict(self._counts)
     keys = ("events", "sent", "accepted", "duplicate", "refused", "failed", "resent",
-            "connections", "reconnects")
+            "connections", "reconnects", "dropped_messages")
     out = {k: counts.get(k, 0) for k in keys}
     out["auth_refusals"] = self._auth.refusals
     return out
@@ -380,22 +381,34 @@ class RelayPublisher:
       if not raw and not ws.connected:
         self._connection_lost(gen, "closed")
         return
-      msg = decode_message(raw)
+      msg, why = parse_message(raw)
       if msg is None:
-        _LOG.debug("skipping a malformed message from %s", self.url)
+        with self._cond:
+          self._counts["dropped_messages"] += 1
+        _LOG.debug("dropping a relay message from %s (%s)", self.url, why)
         continue
-      with self._cond:
+      try:
+        self._on_message(msg, gen)
+      except Exception:  # pylint: disable=broad-except
+        # A message no branch foresaw must not end the thread that matches every OK.
+        with self._cond:
+          self._counts["dropped_messages"] += 1
+        _LOG.warning("dropping a relay message from %s that could not be handled", self.url,
+                     exc_info=True)
+
+  def _on_message(self, msg: list, gen: int) -> None:
+    with self._cond:
+      if gen == self._gen:
+        self._last_recv = self._clock()
+      if msg[0] == "OK" and len(msg) >= 3:
+        self._on_ok_locked(msg, gen)
+      elif msg[0] == "AUTH" and len(msg) >= 2 and isinstance(msg[1], str):
         if gen == self._gen:
-          self._last_recv = self._clock()
-        if msg[0] == "OK" and len(msg) >= 3:
-          self._on_ok_locked(msg, gen)
-        elif msg[0] == "AUTH" and len(msg) >= 2 and isinstance(msg[1], str):
-          if gen == self._gen:
-            self._auth.on_challenge(msg[1])
-        elif msg[0] == "NOTICE":
-          self._notices += 1
-          level = logging.INFO if self._notices <= NOTICES_LOGGED else logging.DEBUG
-          _LOG.log(level, "NOTICE from %s: %.200s", self.url, msg[1] if len(msg) > 1 else "")
+          self._auth.on_challenge(msg[1])
+      elif msg[0] == "NOTICE":
+        self._notices += 1
+        level = logging.INFO if self._notices <= NOTICES_LOGGED else logging.DEBUG
+        _LOG.log(level, "NOTICE from %s: %.200s", self.url, msg[1] if len(msg) > 1 else "")
 
   def _on_ok_locked(self, msg: list, gen: int) -> None:
     event_id, accepted = msg[1], msg[2]

@@ -32,8 +32,9 @@ from transforms.clients.relay.common import (
   NOTICES_LOGGED,
   TRANSIENT_PREFIXES,
   close_quietly,
-  decode_message,
   is_event_shape,
+  matches_filter,
+  parse_message,
   validate_relay_url,
 )
 from transforms.core.backoff import exponential_backoff
@@ -57,6 +58,9 @@ class RelaySubscriptionClient:
     received: events delivered by poll().
     duplicates: events dropped because their id was delivered before.
     reconnects: connections opened after the first one.
+    dropped: relay messages dropped (oversized, too deeply nested, malformed, or an
+      EVENT without a string id and integer created_at).
+    outside_filter: events dropped because they do not match the filter asked for.
   """
 
   def __init__(self, url: str, base_filter: Dict[str, Any], since: int,
@@ -102,6 +106,8 @@ class RelaySubscriptionClient:
     self.received = 0
     self.duplicates = 0
     self.reconnects = 0
+    self.dropped = 0
+    self.outside_filter = 0
     self._notices = 0
     self._connections = 0
     self._failures = 0
@@ -256,8 +262,12 @@ class RelaySubscriptionClient:
   # -- messages --------------------------------------------------------------
 
   def _handle(self, raw: Any) -> Optional[Dict[str, Any]]:
-    msg = decode_message(raw)
-    if msg is None or len(msg) < 2:
+    msg, why = parse_message(raw)
+    if msg is None:
+      self.dropped += 1
+      _LOG.debug("dropping a relay message from %s (%s)", self.url, why)
+      return None
+    if len(msg) < 2:
       return None
     kind, sub = msg[0], msg[1]
     if kind == "EVENT" and len(msg) >= 3 and sub in (self._sub_id, self._gap_id):
@@ -297,7 +307,12 @@ class RelaySubscriptionClient:
 
   def _on_event(self, sub: str, event: Any) -> Optional[Dict[str, Any]]:
     if not is_event_shape(event):
+      self.dropped += 1
       _LOG.debug("skipping a malformed EVENT from %s", self.url)
+      return None
+    if not matches_filter(event, self._filter) or event["created_at"] < (
+        self._sub_since if self._sub_since is not None else self.since):
+      self.outside_filter += 1
       return None
     created_at = event["created_at"]
     if sub == self._sub_id and not self._eose:

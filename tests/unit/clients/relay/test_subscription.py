@@ -8,6 +8,7 @@ import time
 from websockets.sync.server import serve
 
 from devstack.relay import RelayProcess
+from tests.support.hostile_messages import MESSAGES
 from tests.unit.clients.relay.helpers import publish_accepted, sorted_ids, video_event
 from transforms.clients.relay.subscription import RelaySubscriptionClient
 from transforms.core.records import VIDEO_KIND
@@ -94,3 +95,37 @@ def test_client_pages_back_when_the_relay_caps_stored_events():
       got = _collect(client, len(stored))
     server.shutdown()
   assert sorted_ids(got) == sorted_ids(stored)
+
+
+def test_client_drops_hostile_messages_and_events_outside_its_filter():
+  now = int(time.time())
+  wanted = [video_event(now - 10 + i, 800 + i) for i in range(3)]
+  other_kind = dict(video_event(now - 5, 900), kind=1)  # not asked for (kind 1)
+  too_old = video_event(now - 500, 901)  # before `since`
+
+  reqs = []
+
+  def handle(conn):
+    for raw in conn:
+      msg = json.loads(raw)
+      if msg[0] != "REQ":
+        continue
+      reqs.append(msg[1])
+      for hostile in MESSAGES:
+        conn.send(hostile)
+      for event in [other_kind, too_old] + wanted:
+        conn.send(json.dumps(["EVENT", msg[1], event]))
+      conn.send(json.dumps(["EOSE", msg[1]]))
+
+  with serve(handle, "127.0.0.1", 0, max_size=None) as server:
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = "ws://127.0.0.1:%d" % server.socket.getsockname()[1]
+    with RelaySubscriptionClient(url, {"kinds": [VIDEO_KIND]}, since=now - 60) as client:
+      got = _collect(client, 3)
+    server.shutdown()
+  assert sorted_ids(got) == sorted_ids(wanted)
+  # Each REQ (the subscription, then a page back over its stored events) got them all; the
+  # first REQ's came before the events collected, a later one's may be cut by the close.
+  assert len(MESSAGES) <= client.dropped <= len(MESSAGES) * len(reqs)
+  assert 2 <= client.outside_filter <= 2 * len(reqs)
+  assert client.reconnects == 0
