@@ -1,7 +1,8 @@
-"""A scripted relay: answers each EVENT with the next reply of a script (publisher tests)."""
+"""Scripted relays for publisher tests: a script of OK replies, or hostile messages before each OK."""
 
 import json
 
+from tests.support.hostile_messages import MESSAGES
 from tests.support.ws_server import ThreadedServer
 
 
@@ -22,3 +23,18 @@ class ScriptedRelay(ThreadedServer):
       reply = self.replies.pop(0) if self.replies else (True, "")
       if reply is not None:
         conn.send(json.dumps(["OK", msg[1]["id"], reply[0], reply[1]]))
+
+
+class HostileAckRelay(ThreadedServer):
+  """Sends the hostile messages before each OK (true)."""
+
+  def __init__(self):
+    super().__init__(max_size=None)
+
+  def _handle(self, conn):
+    for raw in conn:
+      msg = json.loads(raw)
+      if msg[0] == "EVENT":
+        for hostile in MESSAGES:
+          conn.send(hostile)
+        conn.send(json.dumps(["OK", msg[1]["id"], True, ""]))

@@ -62,8 +62,6 @@ RELAYS_UNREADABLE = "relays_unreadable"
 RELAYS_MISBEHAVING = "relays_misbehaving"
 RELAY_SECONDS_INCOMPLETE = "relay_seconds_incomplete"
 RELAYS_INCOMPLETE = "relays_incomplete"
-RELAY_MESSAGES_DROPPED = "relay_messages_dropped"
-EVENTS_OUTSIDE_FILTER = "events_outside_filter"
 RELAYS_BEHIND = "relays_behind"
 VIDEO_EVENTS_READ = "video_events_read"
 VIDEO_EVENTS_IGNORED = "video_events_ignored"
@@ -235,8 +233,8 @@ class FetchRelayEventsFn(beam.DoFn):
 
 def _count_report(report: ReadReport) -> None:
   """Counts what one relay read dropped, ignored or left incomplete."""
-  for name, n in ((RELAY_MESSAGES_DROPPED, sum(report.dropped.values())),
-                  (EVENTS_OUTSIDE_FILTER, report.outside_filter),
+  for name, n in ((accounting.RELAY_MESSAGES_DROPPED, sum(report.dropped.values())),
+                  (accounting.EVENTS_OUTSIDE_FILTER, report.outside_filter),
                   (RELAY_SECONDS_INCOMPLETE, len(report.seconds_incomplete))):
     if n:
       accounting.inc(name, n)

@@ -224,7 +224,7 @@ class ReadRelaySubscriptionFn(beam.DoFn):
       accounting.inc(STREAM_BAD_RELAY_URLS)
       tracker.try_claim(MAX_POSITION)
       return
-    reconnects = client.reconnects
+    reconnects, dropped, outside = client.reconnects, client.dropped, client.outside_filter
     deadline = time.monotonic() + self._max_seconds
     position: Optional[int] = None
     emitted = 0
@@ -255,6 +255,10 @@ class ReadRelaySubscriptionFn(beam.DoFn):
     if client.reconnects > reconnects:
       accounting.inc(STREAM_RECONNECTS, client.reconnects - reconnects)
       self._reconnects[url] += client.reconnects - reconnects
+    for name, n in ((accounting.RELAY_MESSAGES_DROPPED, client.dropped - dropped),
+                    (accounting.EVENTS_OUTSIDE_FILTER, client.outside_filter - outside)):
+      if n:
+        accounting.inc(name, n)
     self._clients[(url, since)] = (client, position + 1 if position is not None else start)
     self._advance_watermark(watermark_estimator, Timestamp.now())
     tracker.defer_remainder(Duration(self._resume_delay) if idle else None)

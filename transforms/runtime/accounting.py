@@ -30,6 +30,10 @@ DEAD_LETTER_CLASS_PREFIX = "dead_letter_class_"
 # Informational counters: the seed's checkpoint stats, and what the progress display
 # and the report read. A stage's other counters are constants of its own module.
 EVENTS_READ = "events_read"
+# Relay messages the clients dropped unparsed (oversized, too deep, malformed), and events
+# a relay sent outside the filter asked for: counted by the reads, the stream and publishing.
+RELAY_MESSAGES_DROPPED = "relay_messages_dropped"
+EVENTS_OUTSIDE_FILTER = "events_outside_filter"
 ROWS_READ = "rows_read"
 MIGRATIONS_REUSED = "migrations_reused"
 EVENTS_CHECKED = "events_checked"

@@ -89,7 +89,7 @@ class PublishEventsFn(beam.DoFn):
     self._submit_batch = max(1, min(submit_batch, max_in_flight))
 
   def setup(self):
-    self._published = self._dead_lettered = 0
+    self._published = self._dead_lettered = self._dropped_counted = 0
     self._failed_log = CappedLog(_LOG, "vines not published")
     log_stage(_LOG, "PublishEvents", "ready", relays=len(self._relays),
               min_relays=self._min_relays, max_in_flight=self._max_in_flight,
@@ -146,12 +146,20 @@ class PublishEventsFn(beam.DoFn):
     self._submit_unsent()
     for publisher in self._publishers:
       yield from self._absorb(publisher.drain())
+    self._count_dropped_messages()
     if self._pending:  # a publisher lost track of an event: never drop it silently
       for key in list(self._pending):
         item, windowed, results = self._pending.pop(key)
         for output in self._dead(item, results, "no answer from some relays"):
           yield wrap_like(output, windowed)
     self._owners.clear()
+
+  def _count_dropped_messages(self) -> None:
+    """Counts the relay messages the publishers dropped since the last bundle (on a Beam thread)."""
+    dropped = sum(p.stats()["dropped_messages"] for p in self._publishers)
+    if dropped > self._dropped_counted:
+      accounting.inc(accounting.RELAY_MESSAGES_DROPPED, dropped - self._dropped_counted)
+      self._dropped_counted = dropped
 
   def _submit_unsent(self) -> None:
     unsent, self._unsent = self._unsent, []

@@ -13,8 +13,6 @@ from tests.support.hostile_messages import NESTED
 from tests.support.memory_relay import IGNORES_UNTIL, MemoryRelay
 from tests.support.vine_events import A, B, vine_event
 from transforms.io.relay_events import (
-  EVENTS_OUTSIDE_FILTER,
-  RELAY_MESSAGES_DROPPED,
   RELAY_SECONDS_INCOMPLETE,
   RELAYS_INCOMPLETE,
   RELAYS_MISBEHAVING,
@@ -80,7 +78,7 @@ def test_a_misbehaving_relay_is_unreadable_while_a_good_one_is_read():
   # What the misbehaving relay sent before it was caught still goes to verification.
   assert {e["id"] for e in good} <= set(ids)
   assert counts[RELAYS_MISBEHAVING] == 1 and counts[RELAYS_UNREADABLE] == 1
-  assert counts[RELAY_MESSAGES_DROPPED] == nested.reqs >= 2
+  assert counts[accounting.RELAY_MESSAGES_DROPPED] == nested.reqs >= 2
 
 
 @pytest.mark.usefixtures("clean_tally")
@@ -93,7 +91,7 @@ def test_events_outside_the_filter_are_ignored_and_counted_never_inputs():
     pages = relay.reqs
   assert sorted(ids) == sorted(e["id"] for e in vines) and note["id"] not in ids
   assert readable == [relay.url]
-  assert counts[EVENTS_OUTSIDE_FILTER] == pages
+  assert counts[accounting.EVENTS_OUTSIDE_FILTER] == pages
 
 
 @pytest.mark.usefixtures("clean_tally")

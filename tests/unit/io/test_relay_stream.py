@@ -8,6 +8,7 @@ call. The subscription client itself is tested in
 tests/unit/clients/relay/test_subscription.py.
 """
 
+import json
 import time
 
 import apache_beam as beam
@@ -22,6 +23,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from devstack.relay import RelayProcess
+from tests.support.hostile_messages import MESSAGES
+from tests.support.ws_server import ThreadedServer
 from tests.unit.clients.relay.helpers import publish_accepted, sorted_ids, video_event
 from transforms.io.relay_stream import (
     MAX_POSITION,
@@ -31,6 +34,8 @@ from transforms.io.relay_stream import (
     SubscriptionTracker,
     is_own_event,
 )
+from transforms.nostr.event import Signer, generate_private_key
+from transforms.runtime import accounting
 from transforms.runtime.accounting import NAMESPACE
 
 _UID = "0123456789abcdef0123456789abcdef"
@@ -174,3 +179,53 @@ def test_sdf_ends_the_restriction_of_a_bad_url_instead_of_failing():
   out, residual, _, _ = _bundle_or_none(fn, ("http://relay.example", 0),
                                         OffsetRange(0, MAX_POSITION))
   assert out == [] and residual is None
+
+
+class _HostileStreamRelay(ThreadedServer):
+  """Answers each REQ with the hostile messages, a kind-1 note (outside the filter), one
+  video event, then EOSE; the subscription stays open."""
+
+  def __init__(self, event, note):
+    self.event, self.note = event, note
+    self.reqs = 0
+    super().__init__(max_size=None)
+
+  def _handle(self, conn):
+    for raw in conn:
+      msg = json.loads(raw)
+      if msg[0] != "REQ":
+        continue
+      self.reqs += 1
+      for hostile in MESSAGES:
+        conn.send(hostile)
+      for event in (self.note, self.event):
+        conn.send(json.dumps(["EVENT", msg[1], event]))
+      conn.send(json.dumps(["EOSE", msg[1]]))
+
+
+@pytest.mark.usefixtures("clean_tally")
+def test_sdf_counts_dropped_messages_and_events_outside_the_filter():
+  now = int(time.time())
+  event = video_event(now - 5, 700)
+  note = Signer(generate_private_key()).sign({"kind": 1, "created_at": now - 5, "content": "",
+                                              "tags": [["d", "vine0000700"]]})
+  fn = ReadRelaySubscriptionFn(max_bundle_events=5, max_bundle_seconds=5.0, idle_seconds=1.0)
+  seen = []
+  with _HostileStreamRelay(event, note) as relay:
+    fn.setup()  # torn down before the relay: its server waits for the client to close
+    try:
+      element = (relay.url, now - 60)
+      restriction = OffsetRange((now - 60) * 1000, MAX_POSITION)
+      for _ in range(10):  # bundles until the event arrived: how soon is the machine's business
+        out, restriction, _, _ = _bundle(fn, element, restriction, None)
+        seen.extend(v.value["id"] for v in out)
+        if seen:
+          break
+    finally:
+      fn.teardown()
+  assert seen == [event["id"]]
+  # Each REQ the client sent (the subscription, then a page backwards) got the lot.
+  live = accounting.live_counts()
+  assert relay.reqs >= 1
+  assert live[accounting.RELAY_MESSAGES_DROPPED] == len(MESSAGES) * relay.reqs
+  assert live[accounting.EVENTS_OUTSIDE_FILTER] == relay.reqs

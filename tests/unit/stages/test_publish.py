@@ -9,7 +9,8 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from tests.support.scripted_relay import ScriptedRelay
+from tests.support.hostile_messages import MESSAGES
+from tests.support.scripted_relay import HostileAckRelay, ScriptedRelay
 from transforms.core import records
 from transforms.core.records import WorkItem
 from transforms.nostr.event import Signer, generate_private_key
@@ -81,6 +82,16 @@ def test_a_refused_vine_is_one_dead_letter_naming_the_relay_and_its_message():
   assert fake.url in dead[0]["error"] and "blocked: not on the list" in dead[0]["error"]
   live = accounting.live_counts()
   assert live.get("dead_letters_publish") == 1 and not live.get("published")
+
+
+@pytest.mark.usefixtures("clean_tally")
+def test_hostile_relay_messages_are_counted_and_the_vine_is_still_published():
+  item = _item(Signer(generate_private_key()))
+  with HostileAckRelay() as fake:
+    outputs = _run_bundle(PublishEventsFn([fake.url], "run-1", max_attempts=1), [item])
+  results = [o for o in outputs if not isinstance(o, TaggedOutput)]
+  assert [r.value["vine_id"] for r in results] == [VINE] and not _tagged(outputs, "dead_letter")
+  assert accounting.live_counts()[accounting.RELAY_MESSAGES_DROPPED] == len(MESSAGES)
 
 
 def test_result_record_and_monitor_line_carry_public_data_only():

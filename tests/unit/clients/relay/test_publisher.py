@@ -5,7 +5,6 @@ The retry paths that a real relay does not produce on demand (rate-limited,
 error:, a lost OK) use a tiny scripted relay built on the websockets package.
 """
 
-import json
 import threading
 import time
 
@@ -13,8 +12,7 @@ import pytest
 
 from devstack.relay import RelayProcess, free_port
 from tests.support.hostile_messages import MESSAGES
-from tests.support.scripted_relay import ScriptedRelay
-from tests.support.ws_server import ThreadedServer
+from tests.support.scripted_relay import HostileAckRelay, ScriptedRelay
 from tests.unit.clients.relay.helpers import publish_all, signed_notes
 from transforms.clients.relay.outcomes import (
   OUTCOME_ACCEPTED,
@@ -207,24 +205,9 @@ def test_other_refusals_are_permanent_and_duplicate_false_is_success():
       (OUTCOME_DUPLICATE, True, "duplicate: have it")]
 
 
-class _HostileAckRelay(ThreadedServer):
-  """Sends the hostile messages before each OK (true)."""
-
-  def __init__(self):
-    super().__init__(max_size=None)
-
-  def _handle(self, conn):
-    for raw in conn:
-      msg = json.loads(raw)
-      if msg[0] == "EVENT":
-        for hostile in MESSAGES:
-          conn.send(hostile)
-        conn.send(json.dumps(["OK", msg[1]["id"], True, ""]))
-
-
 def test_hostile_messages_are_dropped_and_counted_and_publishing_goes_on():
   events = signed_notes(Signer(generate_private_key()), 5)
-  with _HostileAckRelay() as fake:
+  with HostileAckRelay() as fake:
     with RelayPublisher(fake.url, sleep=lambda s: None) as pub:
       results = []
       for event in events:  # one at a time: every OK comes after the hostile messages
