@@ -59,9 +59,12 @@ _FETCH_TRIES = 4
 MAX_SECOND_LIMIT = 5000
 SECOND_LIMIT_GROWTH = 4
 # Default bounds of one relay read: the events a read may need (a ceiling on the corpus,
-# with room) give the REQs; the time is a ceiling no honest relay comes near.
+# with room) give the REQs, and the time follows from them: an hour, or 5 s per REQ
+# allowed when that is more (a slow honest relay serving a million events must not be
+# taken for one that never ends: the REQ bound already stops those).
 READ_EVENTS_CEILING = 2_000_000
-DEFAULT_MAX_READ_SECONDS = 3600.0
+MIN_READ_SECONDS = 3600.0
+READ_SECONDS_PER_REQUEST = 5.0
 # A page may hold this many times its limit before the relay counts as ignoring limit.
 _LIMIT_SLACK = 2
 
@@ -238,7 +241,7 @@ def _incomplete(url: str, second: int, count: int, report: ReadReport) -> None:
 def fetch_events(url: str, base_filter: Dict[str, Any], page_size: int = 500,
                  timeout: float = 30.0, max_pages: Optional[int] = None,
                  report: Optional[ReadReport] = None, max_requests: Optional[int] = None,
-                 max_seconds: float = DEFAULT_MAX_READ_SECONDS) -> Iterator[dict]:
+                 max_seconds: Optional[float] = None) -> Iterator[dict]:
   """Yields every event a relay holds for a filter, newest first, each id once.
 
   Pages backwards with ``until`` = the oldest created_at seen (inclusive); a second
@@ -254,7 +257,8 @@ def fetch_events(url: str, base_filter: Dict[str, Any], page_size: int = 500,
     max_pages: stop (quietly: a chosen partial read) after this many pages (None: no bound).
     report: filled with what was dropped or left incomplete (see ReadReport).
     max_requests: REQs after which the relay counts as misbehaving (None: from page_size).
-    max_seconds: seconds after which the relay counts as misbehaving.
+    max_seconds: seconds after which the relay counts as misbehaving (None: from the
+      REQ bound, at least MIN_READ_SECONDS).
 
   Yields:
     Event dicts as the relay sent them.
@@ -265,8 +269,10 @@ def fetch_events(url: str, base_filter: Dict[str, Any], page_size: int = 500,
   """
   url = validate_relay_url(url)
   report = report if report is not None else ReadReport()
-  read = _Read(url, base_filter, page_size, timeout,
-               max_requests or default_max_requests(page_size), max_seconds, report)
+  max_requests = max_requests or default_max_requests(page_size)
+  if max_seconds is None:
+    max_seconds = max(MIN_READ_SECONDS, READ_SECONDS_PER_REQUEST * max_requests)
+  read = _Read(url, base_filter, page_size, timeout, max_requests, max_seconds, report)
   until = base_filter.get("until")
   limit = read.page_size
   pages = 0
