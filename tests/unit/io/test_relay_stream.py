@@ -24,7 +24,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from devstack.relay import RelayProcess
 from tests.support.hostile_messages import MESSAGES
-from tests.support.ws_server import ThreadedServer
+from tests.support.memory_relay import MemoryRelay
 from tests.unit.clients.relay.helpers import publish_accepted, sorted_ids, video_event
 from transforms.io.relay_stream import (
     MAX_POSITION,
@@ -181,28 +181,6 @@ def test_sdf_ends_the_restriction_of_a_bad_url_instead_of_failing():
   assert out == [] and residual is None
 
 
-class _HostileStreamRelay(ThreadedServer):
-  """Answers each REQ with the hostile messages, a kind-1 note (outside the filter), one
-  video event, then EOSE; the subscription stays open."""
-
-  def __init__(self, event, note):
-    self.event, self.note = event, note
-    self.reqs = 0
-    super().__init__(max_size=None)
-
-  def _handle(self, conn):
-    for raw in conn:
-      msg = json.loads(raw)
-      if msg[0] != "REQ":
-        continue
-      self.reqs += 1
-      for hostile in MESSAGES:
-        conn.send(hostile)
-      for event in (self.note, self.event):
-        conn.send(json.dumps(["EVENT", msg[1], event]))
-      conn.send(json.dumps(["EOSE", msg[1]]))
-
-
 @pytest.mark.usefixtures("clean_tally")
 def test_sdf_counts_dropped_messages_and_events_outside_the_filter():
   now = int(time.time())
@@ -211,7 +189,11 @@ def test_sdf_counts_dropped_messages_and_events_outside_the_filter():
                                               "tags": [["d", "vine0000700"]]})
   fn = ReadRelaySubscriptionFn(max_bundle_events=5, max_bundle_seconds=5.0, idle_seconds=1.0)
   seen = []
-  with _HostileStreamRelay(event, note) as relay:
+  # Ahead of each REQ's answer: the hostile messages and a kind-1 note (outside the filter).
+  def before_events(sub):
+    return list(MESSAGES) + [json.dumps(["EVENT", sub, note])]
+
+  with MemoryRelay([event], before_events=before_events) as relay:
     fn.setup()  # torn down before the relay: its server waits for the client to close
     try:
       element = (relay.url, now - 60)
