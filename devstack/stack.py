@@ -167,8 +167,10 @@ def check_relay_state(events: List[dict]) -> Dict[str, int]:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="Any other flag goes to the pipeline, e.g. --api-limit 50 or --event-kind both: "
+      "python -m pipeline.main --help lists them.")
   parser.add_argument("--n", type=int, default=50, help="sample vines to generate (default 50)")
   parser.add_argument("--work-dir", default=".local", help="stack state (default .local)")
   parser.add_argument("--seed", type=int, default=7)

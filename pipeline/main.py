@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from pipeline import dry_run, progress
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
-from pipeline.options import MODE_REPLAY, ConfigError, MigrationOptions, validate
+from pipeline.options import MODE_REPLAY, ConfigError, MigrationOptions, help_text, validate
 from transforms.clients import secrets as secret_values
 from transforms.core.text import utc_now_iso
 from transforms.io.local_files import SUMMARY_FILE, run_output_dir
@@ -115,6 +115,9 @@ def run(argv: Optional[List[str]] = None) -> int:
   """Runs one migration; returns the process exit code."""
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   argv = list(sys.argv[1:] if argv is None else argv)
+  if "-h" in argv or "--help" in argv:
+    print(help_text(), end="")
+    return 0
   started = time.time()
   options = PipelineOptions(argv)
   opts = options.view_as(MigrationOptions)

@@ -7,6 +7,7 @@ URLs carrying credentials are refused. Validation runs before the pipeline is
 built and names the flag.
 """
 
+import argparse
 import ipaddress
 import os
 import re
@@ -33,11 +34,63 @@ class ConfigError(ValueError):
   """Bad or missing configuration; the message names the flag or variable."""
 
 
+# The groups of `python -m pipeline.main --help`, in the order shown: every flag is in
+# exactly one (a flag added without a group fails at once, see _Grouped).
+HELP_GROUPS = (
+    ("inputs", "where vines, events and keys come from",
+     ("--relays", "--rows", "--bigquery-project", "--bigquery-dataset", "--events-file",
+      "--keys-db", "--kek", "--page-size", "--test")),
+    ("migration", "the migration API and the thumbnails",
+     ("--migration-api", "--token-secret", "--cdn-base", "--api-limit", "--retry-attempts",
+      "--retry-base-delay", "--api-timeout", "--force-remigrate", "--require-blurhash")),
+    ("publishing", "what is published, and where",
+     ("--event-kind", "--publish-limit", "--min-relays", "--force-republish")),
+    ("outputs", "what a run leaves behind",
+     ("--output-dir", "--dead-letter-table", "--results-table", "--run-id", "--no-progress")),
+    ("modes", "migrate or replay, and local workers",
+     ("--mode", "--replay-from", "--replay-filter", "--workers")),
+    ("streaming", "with Beam's --streaming flag",
+     ("--since",)),
+)
+HELP_EPILOG = """Beam's own flags are accepted alongside: --runner (DirectRunner by default, DataflowRunner),
+--streaming, --project, --region, --temp_location, --staging_location, --job_name,
+--max_num_workers, --worker_machine_type, --service_account_email, --setup_file and
+--dry_run=True (build the job offline and print the plan). They are documented at
+https://cloud.google.com/dataflow/docs/reference/pipeline-options; run_dataflow.sh sets the
+ones a Dataflow job needs (./run_dataflow.sh --help, docs/dataflow.md). The API token is
+never a flag: env CF_STREAM_MIGRATION_TOKEN, or --token-secret on Dataflow."""
+
+
+class _Grouped:
+  """Adds each flag of MigrationOptions to its --help group (HELP_GROUPS) of `parser`."""
+
+  def __init__(self, parser):
+    self._group_of = {}
+    for title, description, flags in HELP_GROUPS:
+      group = parser.add_argument_group(title, description)
+      self._group_of.update((flag, group) for flag in flags)
+
+  def add_argument(self, flag, *args, **kwargs):
+    return self._group_of[flag].add_argument(flag, *args, **kwargs)
+
+
+def help_text() -> str:
+  """What `python -m pipeline.main --help` prints: every project flag, grouped."""
+  parser = argparse.ArgumentParser(
+      prog="python -m pipeline.main", usage="%(prog)s [project flags] [Beam's flags]",
+      epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+      description="Migrates archived Vine videos to Cloudflare Stream and republishes their\n"
+      "Nostr events (README.md). A default named \"env X\" comes from that variable.")
+  MigrationOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+  return parser.format_help()
+
+
 class MigrationOptions(PipelineOptions):
   """Flags of vine-migration (Beam's own flags are accepted alongside)."""
 
   @classmethod
   def _add_argparse_args(cls, parser):
+    parser = _Grouped(parser)
     parser.add_argument("--mode", default=MODE_MIGRATE, choices=(MODE_MIGRATE, MODE_REPLAY),
                         help="migrate (default): the whole migration. replay: run dead letters "
                         "(--replay-from) through the stages again from the stage that failed.")

@@ -4,6 +4,7 @@ Relay URLs off loopback, with credentials or bad ports, and a token given where 
 name belongs are refused without being echoed (issue 4).
 """
 
+import argparse
 import sqlite3
 
 import pytest
@@ -11,6 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import main as pipeline_main
 from pipeline.options import (
+  HELP_GROUPS,
   ConfigError,
   MigrationOptions,
   check_relay_url,
@@ -166,3 +168,21 @@ def test_token_secret_option_holds_a_name_and_replaces_the_env_var(monkeypatch, 
   assert TOKEN not in str(info.value) and "--token-secret" in str(info.value)
   with pytest.raises(ConfigError, match=TOKEN_ENV):
     validate(PipelineOptions(base).view_as(MigrationOptions), environ={})
+
+
+def test_help_lists_every_flag_once_in_its_group_and_exits_0(capsys):
+  assert pipeline_main.run(["--help"]) == 0
+  text = capsys.readouterr().out
+  flags = [f for _, _, group in HELP_GROUPS for f in group]
+  assert len(flags) == len(set(flags))
+  parser = argparse.ArgumentParser()
+  MigrationOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+  declared = {s for action in parser._actions for s in action.option_strings} - {"-h", "--help"}
+  assert declared == set(flags)  # no flag without a group, no group entry without a flag
+  positions = [text.index("\n%s:\n" % title) for title, _, _ in HELP_GROUPS]
+  assert positions == sorted(positions)
+  for title, _, group in HELP_GROUPS:
+    section = text[text.index("\n%s:\n" % title):]
+    assert all(flag in section for flag in group)
+  words = " ".join(text.split())
+  assert "Default: env NOSTR_RELAYS" in words and "--runner" in words and "--dry_run" in words
