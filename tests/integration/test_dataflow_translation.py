@@ -13,14 +13,11 @@ source object that is pickled into the proto; credentials are first used on the
 workers (and by the BEAM_ROW output type, which this pipeline does not use).
 """
 
-import base64
-import bz2
 import json
 import os
 import shutil
 import sqlite3
 import tarfile
-import zlib
 
 import apache_beam as beam
 import pytest
@@ -34,6 +31,7 @@ from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_grap
 from pipeline.options import MigrationOptions
 from tests.support.offline import offline_and_bounded
 from tests.support.paths import ROOT
+from tests.support.secret_scan import unwrap
 from transforms.io import bigquery_tables as bqs
 from transforms.io.vine_rows import seed_query
 from transforms.nostr.event import derive_public_key, generate_private_key, nsec_encode
@@ -138,20 +136,6 @@ def _write_job_file(job, directory):
   return directory / "template.json", directory / "pipeline.pb"
 
 
-def _decoded(payload: bytes):
-  """A Beam pickled payload (base64 of bz2 or zlib) as raw pickle bytes; None if it is not one."""
-  try:
-    raw = base64.b64decode(payload, validate=True)
-  except ValueError:
-    return None
-  for decompress in (bz2.decompress, zlib.decompress):
-    try:
-      return decompress(raw)
-    except (OSError, ValueError, zlib.error):
-      continue
-  return None
-
-
 def _function_specs(proto):
   """Every FunctionSpec payload in a pipeline proto: transforms, DoFns, coders, windowing."""
   components = proto.components
@@ -246,8 +230,7 @@ def test_no_secret_in_the_job(env, tmp_path):
   p = _build(env["keys_db"], bigquery_sinks=True)
   job = _run_dry(p)
   template, pipeline_pb = _write_job_file(job, tmp_path / "staging")
-  decoded = [raw for _, payload in _function_specs(job.proto_pipeline)
-             for raw in [_decoded(payload)] if raw]
+  decoded = [unwrap(payload) for _, payload in _function_specs(job.proto_pipeline)]
   # The decoder works: configuration that is meant to travel is visible in the payloads.
   assert any(b"wss://relay.example.com" in raw for raw in decoded)
   assert any(env["keys_db"].encode() in raw for raw in decoded)
@@ -304,9 +287,9 @@ def test_streaming_graph_translates_for_dataflow(env, tmp_path):
   job = _run_dry(p)
   assert job.proto.type_ == job.proto.type_.JOB_TYPE_STREAMING
   for _, payload in _function_specs(job.proto_pipeline):
-    raw = _decoded(payload)
+    raw = unwrap(payload)
     for secret in env["secrets"]:
-      assert raw is None or secret.encode() not in raw
+      assert secret.encode() not in raw
   # Stable labels: a running job can be updated with --update.
   assert labels == [n.full_label for n in _user_transforms(_streaming_job(env["keys_db"]))]
 

@@ -206,8 +206,8 @@ def test_sdf_counts_dropped_messages_and_events_outside_the_filter():
     finally:
       fn.teardown()
   assert seen == [event["id"]]
-  # Each REQ the client sent (the subscription, then a page backwards) got the lot.
+  # The first REQ's messages came before the event, so they were counted; a later REQ's
+  # (a page backwards) may still be in flight when the bundle ends: at most every REQ's.
   live = accounting.live_counts()
-  assert relay.reqs >= 1
-  assert live[accounting.RELAY_MESSAGES_DROPPED] == len(MESSAGES) * relay.reqs
-  assert live[accounting.EVENTS_OUTSIDE_FILTER] == relay.reqs
+  assert len(MESSAGES) <= live[accounting.RELAY_MESSAGES_DROPPED] <= len(MESSAGES) * relay.reqs
+  assert 1 <= live[accounting.EVENTS_OUTSIDE_FILTER] <= relay.reqs
