@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from pipeline.options import MODE_REPLAY, MigrationOptions, parallel_instances, share, split_relays
+from pipeline.options import MODE_REPLAY, MigrationOptions, split_relays
 from transforms.clients import secrets as secret_values
 from transforms.io import local_files
 
@@ -109,7 +109,6 @@ def plan(options: PipelineOptions, steps: List[str], run_id: str, run_dir: str,
   cloud = options.view_as(GoogleCloudOptions)
   mode = run_mode(options)
   relays = split_relays(opts.relays)
-  instances = parallel_instances(options)
   lines = ["dry run: nothing was submitted, run or written",
            "runner: %s" % _runner_name(options),
            "job name: %s" % (job_name or cloud.job_name or "none")]
@@ -128,11 +127,9 @@ def plan(options: PipelineOptions, steps: List[str], run_id: str, run_dir: str,
             "  migration API token: %s" % (
                 "Secret Manager reference %s" % _reference(opts.token_secret)
                 if opts.token_secret else "env %s (set)" % secret_values.TOKEN_ENV_VAR),
-            "  DoFn instances (the divisor of the limits): %d" % instances,
-            "  --api-limit: %d job-wide, %d per DoFn instance"
-            % (opts.api_limit, share(opts.api_limit, instances)),
-            "  --publish-limit: %d job-wide, %d per DoFn instance"
-            % (opts.publish_limit, share(opts.publish_limit, instances)),
+            "  --api-limit: %d migrate calls in flight, job-wide (%d keys)"
+            % (opts.api_limit, opts.api_limit),
+            "  --publish-limit: %d events in flight per relay, job-wide" % opts.publish_limit,
             "  --min-relays: %s" % (opts.min_relays or "every relay (%d)" % len(relays)),
             "  keys db: %s" % (opts.keys_db or "none"),
             "  --kek: %s" % _reference(opts.kek)]

@@ -21,9 +21,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
-from pipeline.options import MODE_REPLAY, MigrationOptions, parallel_instances, share, split_relays
+from pipeline.options import MODE_REPLAY, MigrationOptions, split_relays
 from transforms.clients.migration_contract import RetryPolicy
-from transforms.core.records import KIND_32222, SHORT_VIDEO_KIND, VIDEO_KIND
+from transforms.core.records import KIND_32222, KIND_BOTH, SHORT_VIDEO_KIND, VIDEO_KIND
 from transforms.io import local_files
 from transforms.io.bigquery_tables import WriteDeadLettersToBigQuery, WriteResultsToBigQuery
 from transforms.io.dead_letters import ReadDeadLetters
@@ -32,6 +32,7 @@ from transforms.io.relay_stream import ReadStreamEvents
 from transforms.io.row_lookup import LookupVineRowsFn
 from transforms.io.vine_rows import ReadVineRows
 from transforms.runtime import outcomes as dl
+from transforms.runtime.cap import CapInFlight
 from transforms.stages import replay
 from transforms.stages.blurhash import ComputeBlurhashFn
 from transforms.stages.build import BuildVideoEventFn
@@ -146,7 +147,7 @@ def apply_stages(entries: Dict[str, beam.PCollection], opts: MigrationOptions, r
     dead, skipped: dead letters and skips of the stages before these.
   """
   relays = split_relays(opts.relays)
-  instances = parallel_instances(opts)
+  streaming = opts.view_as(StandardOptions).streaming
   stages = []
 
   def stage(label: str, items: beam.PCollection, fn: beam.DoFn):
@@ -154,23 +155,29 @@ def apply_stages(entries: Dict[str, beam.PCollection], opts: MigrationOptions, r
     stages.append((result, fn.OUTPUTS))
     return result
 
-  migrated = stage("MigrateVideo", entries[dl.STAGE_MIGRATE], MigrateVideoFn(
-      opts.migration_api, opts.cdn_base, run_id,
-      max_in_flight=share(opts.api_limit, instances),
+  # The caps are the number of keys (transforms/runtime/cap.py); the groups and the
+  # Reshuffle are checkpoints: a retried bundle never calls the API or signs again.
+  to_migrate = entries[dl.STAGE_MIGRATE] | "CapMigrateCalls" >> CapInFlight(
+      opts.api_limit, streaming)
+  migrated = stage("MigrateVideo", to_migrate, MigrateVideoFn(
+      opts.migration_api, opts.cdn_base, run_id, max_in_flight=opts.api_limit,
       policy=_retry_policy(opts), force_remigrate=opts.force_remigrate,
-      token_secret=opts.token_secret))
-  hashed = stage("ComputeBlurhash", _enter("EnterAtBlurhash", migrated.main, entries,
+      token_secret=opts.token_secret).takes_groups())
+  checkpoint = migrated.main | "CheckpointMigrated" >> beam.Reshuffle()
+  hashed = stage("ComputeBlurhash", _enter("EnterAtBlurhash", checkpoint, entries,
                                            dl.STAGE_BLURHASH),
                  ComputeBlurhashFn(opts.cdn_base, run_id, require_blurhash=opts.require_blurhash))
   built = stage("BuildVideoEvent", _enter("EnterAtBuild", hashed.main, entries, dl.STAGE_BUILD),
                 BuildVideoEventFn(run_id, force_republish=opts.force_republish,
                                   event_kind=opts.event_kind))
   signed = stage("SignEvent", built.main, SignEventFn(opts.keys_db, run_id, kek_spec=opts.kek))
-  published = stage("PublishEvents", _enter("EnterAtPublish", signed.main, entries,
-                                            dl.STAGE_PUBLISH),
+  publish_groups = max(1, opts.publish_limit // (2 if opts.event_kind == KIND_BOTH else 1))
+  to_publish = (_enter("EnterAtPublish", signed.main, entries, dl.STAGE_PUBLISH)
+                | "CapPublishes" >> CapInFlight(publish_groups, streaming))
+  published = stage("PublishEvents", to_publish,
                     PublishEventsFn(relays, run_id, keys_db=opts.keys_db, kek_spec=opts.kek,
                                     min_relays=opts.min_relays or None,
-                                    max_in_flight=share(opts.publish_limit, instances)))
+                                    max_in_flight=opts.publish_limit).takes_groups())
 
   def gathered(tag: str) -> tuple:
     return tuple(result[tag] for result, outputs in stages if tag in outputs)

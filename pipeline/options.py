@@ -10,16 +10,11 @@ built and names the flag.
 import argparse
 import ipaddress
 import os
-import re
 from typing import List
 from urllib.parse import urlsplit
 
 from apache_beam.options.pipeline_options import (
-  DebugOptions,
-  DirectOptions,
   PipelineOptions,
-  StandardOptions,
-  WorkerOptions,
 )
 
 from transforms.clients.secrets import TOKEN_ENV_VAR
@@ -156,9 +151,12 @@ class MigrationOptions(PipelineOptions):
                         help="Directory for dead letters, results, monitor log and summary "
                         "(a sub-directory per run id).")
     parser.add_argument("--api-limit", dest="api_limit", type=int, default=20,
-                        help="Migration API calls in flight at most (default 20).")
+                        help="Migration API calls in flight at most, across the whole job whatever "
+                        "the runner does: the work is keyed into this many groups, each "
+                        "one call at a time (default 20).")
     parser.add_argument("--publish-limit", dest="publish_limit", type=int, default=200,
-                        help="Events in flight per relay connection at most (default 200).")
+                        help="Events in flight per relay at most, across the whole job "
+                        "(default 200).")
     parser.add_argument("--workers", type=int, default=1,
                         help="Local worker processes (DirectRunner multi_processing when > 1).")
     parser.add_argument("--min-relays", dest="min_relays", type=int, default=0,
@@ -193,41 +191,6 @@ class MigrationOptions(PipelineOptions):
     parser.add_argument("--no-progress", dest="no_progress", action="store_true",
                         help="No live progress display (it is also off when stderr is not a "
                         "terminal).")
-
-
-_MACHINE_CPUS = re.compile(r"-(\d+)$")
-
-
-def parallel_instances(options: PipelineOptions) -> int:
-  """How many copies of one DoFn may run at once: the divisor of the global limits.
-
-  DirectRunner: the worker processes (--direct_num_workers in multi_processing mode),
-  else 1. Dataflow: max workers x SDK processes per worker (one per vCPU of
-  --worker_machine_type, e.g. n1-standard-4 -> 4; 1 with
-  --experiments=no_use_multiple_sdk_containers) x threads per process
-  (--number_of_worker_harness_threads, default 1 here: set it for streaming).
-  """
-  std = options.view_as(StandardOptions)
-  if "Dataflow" in str(std.runner or ""):
-    workers = options.view_as(WorkerOptions)
-    count = workers.max_num_workers or workers.num_workers or 1
-    machine = workers.machine_type or "n1-standard-1"
-    match = _MACHINE_CPUS.search(machine)
-    processes = int(match.group(1)) if match else 1
-    experiments = options.view_as(DebugOptions).experiments or []
-    if "no_use_multiple_sdk_containers" in experiments:
-      processes = 1
-    threads = options.view_as(DebugOptions).number_of_worker_harness_threads or 1
-    return max(1, count * processes * threads)
-  direct = options.view_as(DirectOptions)
-  if direct.direct_running_mode == "multi_processing":
-    return max(1, direct.direct_num_workers or 1)
-  return 1
-
-
-def share(global_limit: int, instances: int) -> int:
-  """One instance's part of a global cap (at least 1, so a tiny cap still makes progress)."""
-  return max(1, global_limit // max(1, instances))
 
 
 def split_relays(value: str) -> List[str]:

@@ -26,6 +26,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.internal import apiclient
+from apache_beam.runners.portability.fn_api_runner import translations
 
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
 from pipeline.options import MigrationOptions
@@ -329,3 +330,25 @@ def test_setup_file_package_builds_and_stages_offline(env, tmp_path):
   for module in ("pipeline/graph.py", "transforms/io/bigquery_tables.py", "setup.py"):
     assert module in members
   assert not [m for m in members if m.startswith("tests/")]
+
+
+def _fused_stages(p):
+  """The top-level labels of each fused stage Beam's own fusion optimiser makes of `p`."""
+  _, stages = translations.create_and_optimize_stages(
+      p.to_runner_api(), translations.standard_optimize_phases(),
+      known_runner_urns=frozenset([common_urns.primitives.GROUP_BY_KEY.urn,
+                                   common_urns.primitives.IMPULSE.urn]))
+  return [{t.unique_name.split("/")[0] for t in stage.transforms} for stage in stages]
+
+
+def test_side_effects_sit_behind_checkpoints(env):
+  """A retried bundle never repeats an earlier side effect: API call, signature, publish."""
+  stages = _fused_stages(_build(env["keys_db"]))
+  for effect in ("MigrateVideo", "SignEvent", "PublishEvents"):
+    (home,) = [stage for stage in stages if effect in stage]
+    others = {"MigrateVideo", "SignEvent", "PublishEvents"} - {effect}
+    assert not home & others, (effect, home)
+  (migrate,) = [stage for stage in stages if "MigrateVideo" in stage]
+  assert migrate <= {"MigrateVideo", "CapMigrateCalls", "CheckpointMigrated"}, migrate
+  (publish,) = [stage for stage in stages if "PublishEvents" in stage]
+  assert not publish & {"ComputeBlurhash", "BuildVideoEvent", "SignEvent"}, publish

@@ -24,7 +24,8 @@ PROJECT = "my-proj-123"
 RUN_ID = "20250101T000000Z-dry123"
 DEAD_LETTER_TABLE = "%s:vine_migration.dead_letters" % PROJECT
 RESULTS_TABLE = "%s:vine_migration.results" % PROJECT
-STAGES = ["MigrateVideo", "ComputeBlurhash", "BuildVideoEvent", "SignEvent", "PublishEvents"]
+STAGES = ["CapMigrateCalls", "MigrateVideo", "CheckpointMigrated", "ComputeBlurhash",
+          "BuildVideoEvent", "SignEvent", "CapPublishes", "PublishEvents"]
 GATHER = ["FlattenDeadLetters", "FlattenSkips", "FlattenMonitorLines"]
 LOCAL_SINKS = ["WriteDeadLetters", "WriteSkips", "WriteResults", "WriteMonitorLog"]
 
@@ -93,7 +94,7 @@ def test_batch_dry_run_prints_the_plan(setup, capsys, caplog):
                          + LOCAL_SINKS)
   assert _field(out, "relays").startswith("2 (relay.example.com, relay2.example.com)")
   assert _field(out, "migration API host") == "api.example.com"
-  assert _field(out, "--api-limit").startswith("30 job-wide")
+  assert _field(out, "--api-limit") == "30 migrate calls in flight, job-wide (30 keys)"
   assert _field(out, "--min-relays") == "1"
   assert _field(out, "keys db") == setup["keys_db"]
   assert _field(out, "--kek") == "set (gcp-secret)"
@@ -130,8 +131,9 @@ def test_replay_dry_run_prints_the_plan(setup, capsys, caplog):
   assert _field(out, "mode") == "replay"
   assert _steps(out) == [
       "ReadRelayEvents", "ReadDeadLetters", "ToReplayItems", "JoinWithRelayState",
-      "RefreshFromRelays", "MigrateVideo", "EnterAtBlurhash", "ComputeBlurhash", "EnterAtBuild",
-      "BuildVideoEvent", "SignEvent", "EnterAtPublish", "PublishEvents"] + GATHER + [
+      "RefreshFromRelays", "CapMigrateCalls", "MigrateVideo", "CheckpointMigrated",
+      "EnterAtBlurhash", "ComputeBlurhash", "EnterAtBuild", "BuildVideoEvent", "SignEvent",
+      "EnterAtPublish", "CapPublishes", "PublishEvents"] + GATHER + [
       "LinkReplayedDeadLetters"] + LOCAL_SINKS + [
       "WriteResultsToBigQuery", "FlattenBigQueryFailures", "WriteBigQueryFailures"]
   assert _field(out, "replay from") == "bq:%s" % DEAD_LETTER_TABLE

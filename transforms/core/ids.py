@@ -5,6 +5,7 @@ r"""The identifiers the pipeline handles: one pattern per kind of id.
 "<hex>\n" would pass and its signature verify).
 """
 
+import hashlib
 import re
 from typing import Any, Optional
 
@@ -40,3 +41,14 @@ def usable_openvine_id(value: Any) -> bool:
 def openvine_id_from_url(url: str) -> Optional[str]:
   match = _OPENVINE_URL_RE.match(url or "")
   return match.group(1) if match else None
+
+
+def record_id(*parts: Any) -> str:
+  """A deterministic id for one output record, from what makes it unique.
+
+  Results: (run id, "published", vine id, event id); dead letters: (run id, stage, vine
+  id, event id). A bundle that Dataflow retries makes the same record with the same id,
+  so a reader (or a BigQuery query) can drop a duplicate by it.
+  """
+  joined = "\x1f".join("" if part is None else str(part) for part in parts)
+  return hashlib.sha256(joined.encode("utf-8", "surrogatepass")).hexdigest()[:32]

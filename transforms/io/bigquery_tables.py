@@ -64,6 +64,7 @@ RESULTS_FIELDS = (
     ("newly_migrated", "BOOLEAN", "NULLABLE"),
     ("notes", "STRING", "REPEATED"),
     ("published_at", "TIMESTAMP", "REQUIRED"),
+    ("record_id", "STRING", "NULLABLE"),
 )
 
 

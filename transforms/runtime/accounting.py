@@ -4,14 +4,24 @@ Every item is counted `vines_in` once where it is born (a bad input read, an eve
 without a vine id, one join output) and once at its terminal outcome. Counters are
 Beam metrics, so the same numbers show on Dataflow.
 
+Retry-safe: the summary and the balance check read Beam's committed counters, which
+hold only the work of bundles that committed. An increment made while an AsyncDoFn
+handles an element (on its event loop, with no Beam metrics container) is kept with
+that element (`collect_for_element`) and committed into the Beam counters of the
+bundle that emits the element's outputs (`commit`): when that bundle fails, or the
+element's result is dropped because its bundle was abandoned, the increment goes
+with it and a retry counts the element once.
+
 Every increment also adds to a process-local live tally (`live_counts()`): the local
 runner reports Beam counters only when the run ends, and the progress display
-(`pipeline/progress.py`) reads the tally while it runs.
+(`pipeline/progress.py`) reads the tally while it runs. The tally counts attempts,
+retried work included: it is for the display only, never for the summary.
 """
 
 import collections
+import contextvars
 import threading
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.execution import MetricsEnvironment
@@ -49,6 +59,10 @@ SEED_STATS = (EVENTS_CHECKED, VIDEOS_MIGRATED, VIDEOS_ALREADY_MIGRATED, VIDEOS_R
               FAILED_MIGRATIONS, MIGRATIONS_REUSED, METADATA_MISSING, BLURHASH_MISSING)
 
 _counters: Dict[str, object] = {}
+# The increments of the element an AsyncDoFn task is handling (each asyncio task has
+# its own context, and tasks it spawns share their parent's Counter).
+_element_counts: "contextvars.ContextVar[Optional[collections.Counter]]" = (
+    contextvars.ContextVar("vine_migration_element_counts", default=None))
 # Increments made off a Beam thread (an AsyncDoFn's event loop) have no metrics
 # container and would be dropped; they wait here until a Beam thread flushes them.
 _deferred: "collections.Counter[str]" = collections.Counter()
@@ -68,16 +82,39 @@ def _counter(name: str):
 def inc(name: str, n: int = 1) -> None:
   """Adds n to a Beam counter and to the live tally.
 
-  Off a Beam thread the Beam increment is deferred until a Beam thread flushes it;
-  the live tally counts it at once.
+  While an AsyncDoFn handles an element, the Beam increment waits with that element
+  and is committed with its outputs; elsewhere off a Beam thread it is deferred until
+  a Beam thread flushes it. The live tally counts it at once.
   """
   with _live_lock:
     _live[name] += n
+  element = _element_counts.get()
+  if element is not None:
+    element[name] += n
+    return
   if MetricsEnvironment.current_container() is None:
     with _deferred_lock:
       _deferred[name] += n
     return
   _counter(name).inc(n)
+
+
+def collect_for_element() -> "collections.Counter[str]":
+  """From here on, this asyncio task's increments are kept in the returned Counter.
+
+  Called at the start of the task that handles one element; the caller hands the
+  Counter to `commit` on the Beam thread that emits the element's outputs.
+  """
+  counts: "collections.Counter[str]" = collections.Counter()
+  _element_counts.set(counts)
+  return counts
+
+
+def commit(counts: Mapping[str, int]) -> None:
+  """Adds an element's kept increments to the calling Beam thread's bundle counters."""
+  for name, n in counts.items():
+    if n:
+      _counter(name).inc(n)
 
 
 def flush_deferred() -> None:

@@ -18,6 +18,16 @@ to get it back under load; see bench/README.md):
   deque the bundle thread polls, and the loop signals an Event only when the bundle
   thread is actually waiting (at the in-flight limit, or at the end of the bundle).
 
+Groups (`takes_groups()`): the input is `(key, items)` from a GroupByKey, and the
+items of one group are handled one at a time, in order: the next item is taken from
+the group's iterable (on the bundle thread, where Beam's lazy iterables must be read)
+when the previous one completes. One group holds one in-flight slot, so a global cap
+is the number of keys (see `transforms/stages/cap.py`), whatever the runner does.
+
+Counters: increments made while an element is handled are kept with the element and
+committed with its outputs by the bundle that emits them (`accounting.commit`): the
+results of an abandoned bundle, and their counts, are dropped together.
+
 Results are emitted with the window and timestamp of the element that produced them,
 so the DoFn also behaves under windowing in streaming.
 
@@ -36,10 +46,13 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.runtime import accounting
+from transforms.runtime.cap import stamped_items
 from transforms.runtime.logs import log_stage
 from transforms.runtime.outcomes import StopRun
 
 _LOG = logging.getLogger(__name__)
+
+_END = object()  # a group's iterable is exhausted
 
 
 def wrap_output(output: Any, timestamp, window) -> Any:
@@ -108,6 +121,12 @@ class AsyncDoFn(beam.DoFn):
     if max_in_flight < 1:
       raise ValueError("max_in_flight must be >= 1")
     self._max_in_flight = max_in_flight
+    self._grouped = False
+
+  def takes_groups(self) -> "AsyncDoFn":
+    """Consumes `(key, items)` groups, one item of a group in flight at a time; returns self."""
+    self._grouped = True
+    return self
 
   # -- hooks ---------------------------------------------------------------
   async def async_setup(self) -> None:
@@ -173,13 +192,23 @@ class AsyncDoFn(beam.DoFn):
   def process(self, element, windowed=beam.DoFn.WindowedValueParam):
     while self._in_flight >= self._max_in_flight:
       yield from self._emit(self._next_done())
-    self._inbox.append((element, windowed, self._bundle))
+    group = None
+    if self._grouped:  # one slot per group; its items go one after another
+      group = stamped_items(element, windowed)
+      first = next(group, _END)
+      if first is _END:
+        return
+      element, windowed = first
     self._in_flight += 1
+    self._submit(element, windowed, group)
+    while self._done:
+      yield from self._emit(self._done.popleft())
+
+  def _submit(self, element, windowed, group) -> None:
+    self._inbox.append((element, windowed, self._bundle, group))
     if not self._wake_scheduled:
       self._wake_scheduled = True
       self._loop.call_soon_threadsafe(self._start_inbox)
-    while self._done:
-      yield from self._emit(self._done.popleft())
 
   def finish_bundle(self):
     while self._in_flight > 0:
@@ -214,10 +243,11 @@ class AsyncDoFn(beam.DoFn):
       task.add_done_callback(self._tasks.discard)
 
   async def _run(self, entry) -> None:
+    counts = accounting.collect_for_element()  # this task's context only
     try:
-      result = (entry, await self.handle(entry[0]), None)
+      result = (entry, await self.handle(entry[0]), None, counts)
     except BaseException as exc:  # pylint: disable=broad-except
-      result = (entry, None, exc)
+      result = (entry, None, exc, counts)
     self._done.append(result)
     if self._waiting:
       self._ready.set()
@@ -234,11 +264,11 @@ class AsyncDoFn(beam.DoFn):
     return self._done.popleft()
 
   def _emit(self, done) -> Iterable[Any]:
-    (element, windowed, bundle), outputs, exc = done
-    if bundle != self._bundle:
+    (element, windowed, bundle, group), outputs, exc, counts = done
+    if bundle != self._bundle:  # an abandoned bundle's result: neither emitted nor counted
       return
-    self._in_flight -= 1
     self._handled += 1
+    accounting.commit(counts)
     accounting.flush_deferred()
     if exc is not None:
       if isinstance(exc, StopRun):
@@ -247,4 +277,9 @@ class AsyncDoFn(beam.DoFn):
       outputs = self.on_unexpected(element, exc)
     for output in outputs or ():
       yield wrap_like(output, windowed)
+    following = next(group, _END) if group is not None else _END
+    if following is _END:
+      self._in_flight -= 1
+    else:
+      self._submit(*following, group)
 

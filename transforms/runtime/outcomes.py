@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional
 import apache_beam as beam
 
 from transforms.clients import secrets as secret_values
+from transforms.core.ids import record_id
 from transforms.core.text import utc_now_iso
 from transforms.runtime import accounting
 
@@ -62,6 +63,7 @@ SCHEMA_FIELDS = (
     ("last_failure", "TIMESTAMP", "NULLABLE"),
     ("payload", "STRING", "NULLABLE"),
     ("replay_of", "STRING", "NULLABLE"),
+    ("record_id", "STRING", "NULLABLE"),
 )
 
 
@@ -88,6 +90,10 @@ def make_dead_letter(run_id: str,
     raise ValueError("unknown error class %r" % error_class)
   accounting.count_dead_letter(stage, error_class)
   now = utc_now_iso()
+  payload_text = json.dumps(payload, ensure_ascii=False, sort_keys=True,
+                            default=str) if payload is not None else None
+  # Without a vine or event id (a bad input line), the payload tells two records apart.
+  unique = (vine_id, event_id) if vine_id or event_id else (payload_text,)
   return {
       "run_id": run_id,
       "stage": stage,
@@ -98,9 +104,9 @@ def make_dead_letter(run_id: str,
       "attempts": int(attempts),
       "first_failure": first_failure or now,
       "last_failure": last_failure or first_failure or now,
-      "payload": json.dumps(payload, ensure_ascii=False, sort_keys=True,
-                            default=str) if payload is not None else None,
+      "payload": payload_text,
       "replay_of": replay_of,
+      "record_id": record_id(run_id, stage, *unique),
   }
 
 

@@ -11,6 +11,11 @@ for the GIL about as long as it spent on the event. A vine counts as published
 when at least `min_relays` relays accepted each of its events (default: all of
 them); otherwise it is a dead letter naming the relays that refused and their
 messages.
+
+Groups (`takes_groups()`, how the graph runs it): the input is `(shard, items)` from
+`CapInFlight`, and one item of a group is in flight at a time; the next is taken
+when the previous one has every relay's answer. The number of shards is then the
+job's cap on events in flight per relay, whatever the runner does.
 """
 
 import logging
@@ -20,15 +25,20 @@ import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 
 from transforms.clients.relay.publisher import RelayPublisher
+from transforms.core.ids import record_id
 from transforms.core.records import WorkItem
 from transforms.core.text import utc_now_iso
 from transforms.keys.store import load_key_store
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
 from transforms.runtime.async_dofn import wrap_like
+from transforms.runtime.cap import stamped_items
 from transforms.runtime.logs import CappedLog, log_stage
 
 _LOG = logging.getLogger(__name__)
+
+_END = object()  # a group's iterable is exhausted
+_WAIT_SLICE = 0.2  # seconds: how long finish_bundle waits on one relay before the next
 
 
 def monitor_republished(record: Dict[str, Any]) -> str:
@@ -62,6 +72,7 @@ def result_record(item: WorkItem, accepted: Sequence[str], run_id: str) -> Dict[
       "newly_migrated": item.newly_migrated,
       "notes": list(item.notes),
       "published_at": utc_now_iso(),
+      "record_id": record_id(run_id, "published", item.vine_id, main["id"]),
   }
 
 
@@ -87,6 +98,12 @@ class PublishEventsFn(beam.DoFn):
     self._max_attempts = max_attempts
     self._backoff_base = backoff_base
     self._submit_batch = max(1, min(submit_batch, max_in_flight))
+    self._grouped = False
+
+  def takes_groups(self) -> "PublishEventsFn":
+    """Consumes `(shard, items)` groups, one item of a group in flight at a time; returns self."""
+    self._grouped = True
+    return self
 
   def setup(self):
     self._published = self._dead_lettered = self._dropped_counted = 0
@@ -124,35 +141,72 @@ class PublishEventsFn(beam.DoFn):
     self._next_key = 0
     self._unsent: List[Dict[str, Any]] = []
 
-  def process(self, item: WorkItem,
-              windowed=beam.DoFn.WindowedValueParam) -> Iterator[Any]:
-    events = item.outgoing
-    if not events:  # nothing signed reached this stage: a bug upstream, never a lost vine
-      yield from self._dead(item, {}, "no signed event to publish")
-      return
-    key, self._next_key = self._next_key, self._next_key + 1
-    self._pending[key] = [item, windowed, {event["id"]: {} for event in events}]
-    for event in events:
-      owners = self._owners.setdefault(event["id"], [])
-      if not owners:
-        self._unsent.append(event)
-      owners.append(key)
+  def process(self, element, windowed=beam.DoFn.WindowedValueParam) -> Iterator[Any]:
+    if self._grouped:
+      yield from self._add_next(stamped_items(element, windowed))
+    else:
+      for output in self._add(element, windowed, None):
+        yield wrap_like(output, windowed)
     if len(self._unsent) >= self._submit_batch:
       self._submit_unsent()
     for publisher in self._publishers:
       yield from self._absorb(publisher.poll())
 
+  def _add_next(self, group) -> Iterator[Any]:
+    """Starts the next item of a group (items finished at once make way for the next)."""
+    while True:
+      following = next(group, _END)
+      if following is _END:
+        return
+      item, windowed = following
+      finished = self._add(item, windowed, group)
+      if not finished:
+        return
+      for output in finished:
+        yield wrap_like(output, windowed)
+
+  def _add(self, item: WorkItem, windowed, group) -> List[Any]:
+    """Queues an item's events; returns its outputs when it is finished at once."""
+    events = item.outgoing
+    if not events:  # nothing signed reached this stage: a bug upstream, never a lost vine
+      return self._dead(item, {}, "no signed event to publish")
+    key, self._next_key = self._next_key, self._next_key + 1
+    self._pending[key] = [item, windowed, {event["id"]: {} for event in events}, group]
+    for event in events:
+      owners = self._owners.setdefault(event["id"], [])
+      if not owners:
+        self._unsent.append(event)
+      owners.append(key)
+    return []
+
   def finish_bundle(self):
-    self._submit_unsent()
-    for publisher in self._publishers:
-      yield from self._absorb(publisher.drain())
+    while True:
+      self._submit_unsent()
+      while self._grouped and any(p.unresolved() for p in self._publishers):
+        for publisher in self._publishers:  # a group's next item starts as one finishes
+          yield from self._absorb(publisher.wait_results(_WAIT_SLICE))
+        self._submit_unsent()
+      for publisher in self._publishers:
+        yield from self._absorb(publisher.drain())
+      if not self._unsent:
+        yield from self._give_up_unanswered()  # may start the next items of their groups
+      if not self._unsent:
+        break
     self._count_dropped_messages()
-    if self._pending:  # a publisher lost track of an event: never drop it silently
-      for key in list(self._pending):
-        item, windowed, results = self._pending.pop(key)
-        for output in self._dead(item, results, "no answer from some relays"):
-          yield wrap_like(output, windowed)
     self._owners.clear()
+
+  def _give_up_unanswered(self) -> Iterator[Any]:
+    """Dead-letters the items still pending after every publisher drained: never dropped."""
+    for key in list(self._pending):  # a publisher lost track of an event
+      item, windowed, results, group = self._pending.pop(key)
+      for event_id in results:
+        owners = self._owners.get(event_id, [])
+        if key in owners:
+          owners.remove(key)
+      for output in self._dead(item, results, "no answer from some relays"):
+        yield wrap_like(output, windowed)
+      if group is not None:
+        yield from self._add_next(group)
 
   def _count_dropped_messages(self) -> None:
     """Counts the relay messages the publishers dropped since the last bundle (on a Beam thread)."""
@@ -178,9 +232,11 @@ class PublishEventsFn(beam.DoFn):
             self._owners[event_id].remove(key)
             if not self._owners[event_id]:
               del self._owners[event_id]
-          item, windowed, results_by_event = entry
+          item, windowed, results_by_event, group = entry
           for output in self._finish(item, results_by_event):
             yield wrap_like(output, windowed)
+          if group is not None:
+            yield from self._add_next(group)
 
   def _finish(self, item: WorkItem, results_by_event) -> List[Any]:
     accepted_by = [{url for url, r in by_relay.items() if r.accepted}

@@ -49,10 +49,9 @@ def test_batch_plan_names_the_settings_and_the_run_files():
   assert fields["steps (2)"] == "ReadRelayEvents, ReadVineRows"
   assert fields["relays"] == "2 (a.example.com, b.example.com:444)"
   assert fields["migration API host"] == "api.example.com"
-  # 5 workers x 4 SDK processes: the job-wide caps are shared among 20 DoFn instances.
-  assert fields["DoFn instances (the divisor of the limits)"] == "20"
-  assert fields["--api-limit"] == "30 job-wide, 1 per DoFn instance"
-  assert fields["--publish-limit"] == "400 job-wide, 20 per DoFn instance"
+  # 5 workers x 4 SDK processes change nothing: the caps are keys in the data.
+  assert fields["--api-limit"] == "30 migrate calls in flight, job-wide (30 keys)"
+  assert fields["--publish-limit"] == "400 events in flight per relay, job-wide"
   assert fields["--min-relays"] == "1"
   assert fields["keys db"] == "gs://bucket/keys.enc.db" and fields["--kek"] == "none"
   assert fields["rows"] == "BigQuery meta.vines (the seed's query)"

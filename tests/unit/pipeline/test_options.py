@@ -16,8 +16,6 @@ from pipeline.options import (
   ConfigError,
   MigrationOptions,
   check_relay_url,
-  parallel_instances,
-  share,
   validate,
 )
 from tests.support.keys import tiny_keys_db
@@ -83,19 +81,6 @@ def test_multi_threading_mode_is_refused(base, capsys, monkeypatch):
   monkeypatch.setenv("CF_STREAM_MIGRATION_TOKEN", "t")
   assert pipeline_main.run(base + ["--direct_running_mode=multi_threading"]) == 2
   assert "multi_threading" in capsys.readouterr().err
-
-
-def test_global_limits_are_divided_among_instances():
-  dataflow = PipelineOptions(["--runner=DataflowRunner", "--max_num_workers=10",
-                              "--worker_machine_type=n1-standard-4"])
-  assert parallel_instances(dataflow) == 40
-  assert parallel_instances(PipelineOptions(
-      ["--runner=DataflowRunner", "--max_num_workers=10", "--worker_machine_type=n1-standard-4",
-       "--experiments=no_use_multiple_sdk_containers"])) == 10
-  assert parallel_instances(PipelineOptions(
-      ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])) == 2
-  assert parallel_instances(PipelineOptions([])) == 1
-  assert share(200, 40) == 5 and share(20, 40) == 1 and share(30, 1) == 30
 
 
 # ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from tests.support.hostile_messages import MESSAGES
 from tests.support.scripted_relay import HostileAckRelay, ScriptedRelay
+from transforms.clients.relay.publisher import RelayPublisher
 from transforms.core import records
 from transforms.core.records import WorkItem
 from transforms.nostr.event import Signer, generate_private_key
@@ -103,3 +104,38 @@ def test_result_record_and_monitor_line_carry_public_data_only():
   assert record["stream_uid"] == "0" * 32 and record["mp4_url"] == "https://cdn/x.mp4"
   assert monitor_republished(record) == "REPUBLISHED,%s,%s,%s,,https://cdn/x.mp4" % (
       item.signed["id"], VINE, "0" * 32)
+
+
+def test_groups_hold_one_item_each_in_flight_and_publish_all(monkeypatch):
+  """takes_groups(): (shard, [(item, timestamp)]) groups; at most one item per group is in
+  flight on a relay, every item of every group is published, each with its own timestamp."""
+  peaks = []
+  submit = RelayPublisher.submit
+
+  def recording_submit(self, event, token=None):
+    submit(self, event, token)
+    peaks.append(self.unresolved())
+  monkeypatch.setattr(RelayPublisher, "submit", recording_submit)
+  signer = Signer(generate_private_key())
+  items = []
+  for n in range(12):
+    vine = "MYxVapFvz%02d" % n
+    event = signer.sign({"kind": 32222, "created_at": 2, "content": "", "tags": [["d", vine]]})
+    items.append(WorkItem(vine_id=vine, source=records.to_source_event(event),
+                          migration={"uid": "0" * 32}, signed=event))
+  groups = [(shard, [(item, 100 + n) for n, item in enumerate(items) if n % 3 == shard])
+            for shard in range(3)]
+  windowed = WindowedValue(None, 0, [GlobalWindow()])
+  with ScriptedRelay([]) as fake:
+    fn = PublishEventsFn([fake.url], "run-1", max_attempts=1).takes_groups()
+    fn.setup()
+    try:
+      fn.start_bundle()
+      outputs = [o for group in groups for o in fn.process(group, windowed)]
+      outputs += list(fn.finish_bundle())
+    finally:
+      fn.teardown()
+  published = [o for o in outputs if not isinstance(o, TaggedOutput)]
+  assert sorted(o.value["vine_id"] for o in published) == sorted(i.vine_id for i in items)
+  assert sorted(o.timestamp.micros // 10**6 for o in published) == list(range(100, 112))
+  assert len(fake.received) == 12 and peaks and max(peaks) <= 3

@@ -99,6 +99,9 @@ class PendingEvents:
     self.ready.append(event["id"])
     self._cond.notify_all()
 
+  def has_results(self) -> bool:
+    return bool(self._results)
+
   def take_results(self) -> List[PublishResult]:
     results, self._results = self._results, []
     return results

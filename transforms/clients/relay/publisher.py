@@ -161,6 +161,18 @@ class RelayPublisher:
     with self._lock:
       return self._events.take_results()
 
+  def wait_results(self, timeout: float) -> List[PublishResult]:
+    """Waits up to `timeout` for a new result (while events are unresolved); returns new results."""
+    with self._cond:
+      if not self._events.has_results() and self._events and not self._closed:
+        self._cond.wait(timeout)
+      return self._events.take_results()
+
+  def unresolved(self) -> int:
+    """Events submitted and still without a final result."""
+    with self._lock:
+      return len(self._events)
+
   def drain(self, timeout: Optional[float] = None) -> List[PublishResult]:
     """Waits until every submitted event has a final result and returns the new results.
 

@@ -1,0 +1,79 @@
+"""CapInFlight: a job-wide cap on calls in flight, enforced in the data.
+
+A DoFn cannot know how many copies of itself run: Dataflow runs as many bundles as
+it likes, on as many workers and harness threads as autoscaling gives it. So the cap
+is not divided among guessed copies; it is the number of keys. Each item is keyed
+by a stable hash of its vine id modulo the cap and grouped; the stage after the
+GroupByKey (an AsyncDoFn or PublishEventsFn in `takes_groups()` mode) handles one
+item of a group at a time. A group is read by one bundle, so at most `cap` calls
+exist across the job; one worker process can still hold all of them, because the
+stage takes every group of its bundle at once.
+
+The same vine id always lands in the same group: never two calls in flight for one
+vine (the migration service is not atomic). The GroupByKey is also a checkpoint:
+Dataflow persists its input, so a retried bundle after it never re-runs the steps
+before it.
+
+Streaming: a group fires as soon as it holds an item (Repeatedly(AfterCount(1)); a
+pane holds whatever arrived for the key meanwhile). Dataflow's streaming engine
+processes the work of one key on one worker at a time, so the bound holds there too.
+(No processing-time trigger: under TestStream's clock it keeps the local runner
+waiting for a time that never comes.)
+"""
+
+import hashlib
+from typing import Any, Callable, Iterable, Iterator, Tuple
+
+import apache_beam as beam
+from apache_beam.transforms import trigger, window
+from apache_beam.utils.windowed_value import WindowedValue
+
+
+def shard_of(key: str, shards: int) -> int:
+  """A stable shard in [0, shards): the same on every worker and in every run."""
+  digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+  return int.from_bytes(digest, "big") % max(1, shards)
+
+
+def vine_key(item: Any) -> str:
+  """The key that must never have two calls in flight: the vine id."""
+  return item.vine_id or ""
+
+
+def _keyed(item: Any, shards: int, key_fn: Callable[[Any], str],
+           timestamp=beam.DoFn.TimestampParam):
+  # The item's own timestamp travels with it: a group has one timestamp, its items many.
+  return shard_of(key_fn(item), shards), (item, timestamp)
+
+
+def stamped_items(group: Tuple[int, Iterable], windowed: WindowedValue
+                  ) -> Iterator[Tuple[Any, WindowedValue]]:
+  """A group's items, lazily, each with a WindowedValue of its own timestamp for its outputs."""
+  for item, timestamp in group[1]:
+    yield item, WindowedValue(None, timestamp, windowed.windows, windowed.pane_info)
+
+
+class CapInFlight(beam.PTransform):
+  """items -> (shard, [(item, timestamp)]) groups (read them with `stamped_items`), `shards` of them at most; see the module docstring."""
+
+  def __init__(self, shards: int, streaming: bool = False,
+               key_fn: Callable[[Any], str] = vine_key):
+    super().__init__()
+    if shards < 1:
+      raise ValueError("a cap must be at least 1")
+    self._shards = shards
+    self._streaming = streaming
+    self._key_fn = key_fn
+
+  def expand(self, items):
+    keyed = items | "KeyByShard" >> beam.Map(_keyed, self._shards, self._key_fn)
+    if self._streaming:
+      keyed = keyed | "FireAsItemsCome" >> beam.WindowInto(
+          window.GlobalWindows(),
+          trigger=trigger.Repeatedly(trigger.AfterCount(1)),
+          accumulation_mode=trigger.AccumulationMode.DISCARDING,
+          timestamp_combiner=window.TimestampCombiner.OUTPUT_AT_EARLIEST)
+    groups = keyed | "GroupByShard" >> beam.GroupByKey()
+    if self._streaming:  # the default trigger again: the outputs are flattened with others
+      groups = groups | "DefaultTrigger" >> beam.WindowInto(window.GlobalWindows())
+    return groups
