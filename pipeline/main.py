@@ -57,6 +57,15 @@ def configure_runner(options: PipelineOptions, workers: int) -> None:
     standard.runner = "FnApiRunner"
 
 
+def pin_local_paths(opts: MigrationOptions) -> None:
+  """Local paths made absolute: workers (a PortableRunner's worker pool, say) run in another
+  working directory, where a relative path names another file or none."""
+  for name in ("output_dir", "rows", "keys_db", "events_file"):
+    value = getattr(opts, name, None)
+    if value and "://" not in value:
+      setattr(opts, name, os.path.abspath(value))
+
+
 def read_counters(result) -> Dict[str, int]:
   counters: Dict[str, int] = {}
   query = result.metrics().query(MetricsFilter().with_namespace(accounting.NAMESPACE))
@@ -123,6 +132,7 @@ def run(argv: Optional[List[str]] = None) -> int:
   opts = options.view_as(MigrationOptions)
   try:
     validate(opts)
+    pin_local_paths(opts)
     configure_runner(options, opts.workers)
     if options.view_as(StandardOptions).streaming and not opts.dead_letter_table:
       raise ConfigError("--dead-letter-table: required with --streaming (dead letters go out "
