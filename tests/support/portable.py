@@ -11,6 +11,7 @@ for the secret scan.
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,6 @@ from typing import Dict, List, Optional
 
 from apache_beam.runners.portability import portable_runner
 
-from devstack.processes import terminate
 from tests.support.paths import ROOT
 
 # Upper bound on a service's start-up (a loaded machine imports Beam slowly).
@@ -58,6 +58,23 @@ def worker_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
   return env
 
 
+def stop_group(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+  """Stops a process started with start_new_session and what it started (the pool's SDK
+  workers): SIGTERM to its group, SIGKILL after `timeout` s, then to any member left."""
+  if proc.poll() is not None:  # already reaped: its id may belong to another process now
+    return
+  with contextlib.suppress(ProcessLookupError):
+    os.killpg(proc.pid, signal.SIGTERM)
+  try:
+    proc.wait(timeout)
+  except subprocess.TimeoutExpired:
+    pass
+  # The group id stays reserved while a member lives: this reaches only what is left of it.
+  with contextlib.suppress(ProcessLookupError):
+    os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+
+
 def _tail(path: str, lines: int = 40) -> str:
   try:
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -89,7 +106,7 @@ class PortableServices:
     log = open(log_path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
     self._logs.append(log)
     proc = subprocess.Popen([sys.executable, "-m", module] + args, cwd=cwd, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     self._procs.append(proc)
     wait_for_port(port, proc, log_path)
 
@@ -111,7 +128,7 @@ class PortableServices:
 
   def stop(self) -> None:
     for proc in reversed(self._procs):
-      terminate(proc)
+      stop_group(proc)
     for log in self._logs:
       log.close()
     self._procs, self._logs = [], []
