@@ -38,7 +38,8 @@ class ConfigError(ValueError):
 # exactly one (a flag added without a group fails at once, see _Grouped).
 HELP_GROUPS = (
     ("inputs", "where vines, events and keys come from",
-     ("--relays", "--rows", "--bigquery-project", "--bigquery-dataset", "--events-file",
+     ("--relays", "--rows", "--bigquery-project", "--bigquery-dataset", "--bigquery-temp-dataset",
+      "--events-file",
       "--keys-db", "--kek", "--page-size", "--test")),
     ("migration", "the migration API and the thumbnails",
      ("--migration-api", "--token-secret", "--cdn-base", "--api-limit", "--retry-attempts",
@@ -118,6 +119,12 @@ class MigrationOptions(PipelineOptions):
                         default=os.environ.get("BIGQUERY_DATASET_ID", ""),
                         help="Dataset of the Vine metadata tables, read when --rows is absent. "
                         "Default: env BIGQUERY_DATASET_ID.")
+    parser.add_argument("--bigquery-temp-dataset", dest="bigquery_temp_dataset",
+                        default=os.environ.get("BIGQUERY_TEMP_DATASET", ""),
+                        help="Existing dataset PROJECT:DATASET for the rows query's temporary "
+                        "result table (in the location of the Vine tables). Empty: Beam creates "
+                        "a temporary dataset, which needs bigquery.datasets.create. Default: env "
+                        "BIGQUERY_TEMP_DATASET.")
     parser.add_argument("--events-file", dest="events_file", default=None,
                         help="Extra events as NDJSON (e.g. a relay export), read beside the "
                         "relays and verified and de-duplicated the same way.")
@@ -326,6 +333,12 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
         parse_table_spec(value, flag)
       except ValueError as exc:
         raise ConfigError(str(exc)) from None
+  if opts.bigquery_temp_dataset:
+    from transforms.io.vine_rows import temp_dataset_reference  # pylint: disable=import-outside-toplevel
+    try:
+      temp_dataset_reference(opts.bigquery_temp_dataset)
+    except ValueError as exc:
+      raise ConfigError(str(exc)) from None
   if opts.events_file and not os.path.isfile(opts.events_file):
     raise ConfigError("--events-file: %s does not exist" % opts.events_file)
   if opts.mode == MODE_REPLAY:
