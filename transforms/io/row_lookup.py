@@ -325,12 +325,14 @@ class LookupVineRows(beam.PTransform):
   def __init__(self, run_id: str, rows_path: Optional[str] = None,
                project: Optional[str] = None, dataset: Optional[str] = None,
                billing_project: Optional[str] = None, batch_size: int = 200,
-               max_wait_seconds: float = 5.0, lookup_factory=None):
+               max_wait_seconds: float = 5.0, lookup_factory=None,
+               retry_base_seconds: float = _RETRY_BASE_SECONDS):
     super().__init__()
     self._batch_size = batch_size
     self._max_wait = max_wait_seconds
     self._fn = LookupVineRowsFn(run_id, rows_path=rows_path, project=project, dataset=dataset,
-                                lookup_factory=lookup_factory, billing_project=billing_project)
+                                lookup_factory=lookup_factory, billing_project=billing_project,
+                                retry_base_seconds=retry_base_seconds)
 
   def expand(self, keyed):
     looked_up = (
