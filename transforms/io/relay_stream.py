@@ -366,7 +366,7 @@ class KeepNewestPerAddressFn(beam.DoFn):
 
   The newest (created_at, id) per address is kept `ttl_seconds` (processing time) after
   it was last replaced, then cleared: a version older than a forgotten one is processed
-  again (a relay still keeps the newest, so at worst it is refused or superseded there).
+  again like a new one (docs/streaming.md, "State expiry", says why that is rare).
   """
 
   NEWEST = ReadModifyWriteStateSpec("newest", coders.TupleCoder(
