@@ -163,8 +163,12 @@ def pin_secret_version(spec: str, what: str, secret_client=None) -> str:
   number = str(getattr(response, "name", "") or "").rpartition("/versions/")[2]
   if not _VERSION_NUMBER.match(number):
     raise SecretError("%s: Secret Manager did not say which version %s is" % (what, name))
-  if not response.payload.data:
+  data = response.payload.data
+  if not data:
     raise SecretError("%s: Secret Manager %s (version %s) is empty" % (what, name, number))
+  if isinstance(data, (bytes, bytearray)):  # this process saw it: scrub it like any secret
+    data = bytes(data).decode("utf-8", "ignore")
+  register(data.strip())
   return prefix + name.rpartition("/versions/")[0] + "/versions/" + number
 
 
