@@ -65,11 +65,12 @@ LATEST = "projects/p1/secrets/migration-token/versions/latest"
 
 @pytest.mark.parametrize("prefix", ["", "gcp-secret:"])
 def test_latest_is_pinned_to_the_number_it_names_now_and_the_prefix_is_kept(prefix):
-  client = FakeSecretManager(data=TOKEN.encode(), current=7)
+  value = "pin-" + os.urandom(12).hex()  # fresh: no other test registered it
+  client = FakeSecretManager(data=value.encode(), current=7)
   pinned = sv.pin_secret_version(prefix + LATEST, "--token-secret", secret_client=client)
   assert pinned == prefix + "projects/p1/secrets/migration-token/versions/7"
-  assert client.names == [LATEST] and TOKEN not in pinned
-  assert sv.scrub("x %s y" % TOKEN) == "x *** y"  # seen at launch: registered for redaction
+  assert client.names == [LATEST] and value not in pinned
+  assert sv.scrub("x %s y" % value) == "x *** y"  # seen at launch: registered for redaction
 
 
 def test_a_numbered_version_is_kept_without_a_call():
