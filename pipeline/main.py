@@ -26,6 +26,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from pipeline import dry_run, progress
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
+from pipeline.keys import pin_secret_versions
 from pipeline.options import MODE_REPLAY, ConfigError, MigrationOptions, help_text, validate
 from transforms.clients import secrets as secret_values
 from transforms.core.text import utc_now_iso
@@ -137,6 +138,9 @@ def run(argv: Optional[List[str]] = None) -> int:
     if options.view_as(StandardOptions).streaming and not opts.dead_letter_table:
       raise ConfigError("--dead-letter-table: required with --streaming (dead letters go out "
                         "with streaming inserts; local files need a bounded run)")
+    if not dry_run.is_dry_run(options):  # secret versions as numbers; a dry run stays offline
+      for line in pin_secret_versions(opts):
+        _LOG.info("secret version pinned for the workers: %s", line)
   except ConfigError as exc:
     print("configuration error: %s" % exc, file=sys.stderr)
     return 2

@@ -51,7 +51,7 @@ HELP_GROUPS = (
     ("modes", "migrate or replay, and local workers",
      ("--mode", "--replay-from", "--replay-filter", "--workers")),
     ("streaming", "with Beam's --streaming flag",
-     ("--since",)),
+     ("--since", "--stream-state-ttl-days", "--lookup-batch-size", "--lookup-max-wait")),
 )
 HELP_EPILOG = """Beam's own flags are accepted alongside: --runner (DirectRunner by default, DataflowRunner),
 --streaming, --project, --region, --temp_location, --staging_location, --job_name,
@@ -104,6 +104,15 @@ class MigrationOptions(PipelineOptions):
     parser.add_argument("--since", type=int, default=0,
                         help="Streaming: unix seconds to subscribe from (inclusive). Default: one "
                         "hour before the start. Set it to the backfill's start to miss nothing.")
+    parser.add_argument("--stream-state-ttl-days", dest="stream_state_ttl_days", type=int,
+                        default=14,
+                        help="Streaming: days the newest version seen per (pubkey, d) is kept "
+                        "after it was last replaced (default 14); then the state is cleared.")
+    parser.add_argument("--lookup-batch-size", dest="lookup_batch_size", type=int, default=200,
+                        help="Streaming: vine ids per metadata query at most (default 200).")
+    parser.add_argument("--lookup-max-wait", dest="lookup_max_wait", type=int, default=5,
+                        help="Streaming: seconds an id waits at most for its metadata query's "
+                        "batch to fill (default 5).")
     parser.add_argument("--relays", default=os.environ.get("NOSTR_RELAYS", ""),
                         help="Comma-separated relay URLs to read from and publish to "
                         "(wss://, or ws:// on loopback). Default: env NOSTR_RELAYS.")
@@ -364,7 +373,10 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
                            ("--workers", opts.workers, 1),
                            ("--min-relays", opts.min_relays, 0),
                            ("--retry-attempts", opts.retry_attempts, 1),
-                           ("--page-size", opts.page_size, 1)):
+                           ("--page-size", opts.page_size, 1),
+                           ("--stream-state-ttl-days", opts.stream_state_ttl_days, 1),
+                           ("--lookup-batch-size", opts.lookup_batch_size, 1),
+                           ("--lookup-max-wait", opts.lookup_max_wait, 1)):
     if value < low:
       raise ConfigError("%s: must be >= %d (got %d)" % (flag, low, value))
   if opts.min_relays > len(relays):
