@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
 from pipeline.options import MODE_REPLAY, MigrationOptions, split_relays
 from transforms.clients.migration_contract import RetryPolicy
@@ -29,7 +29,7 @@ from transforms.io.bigquery_tables import WriteDeadLettersToBigQuery, WriteResul
 from transforms.io.dead_letters import ReadDeadLetters
 from transforms.io.relay_events import VIDEOS, ReadRelayEvents
 from transforms.io.relay_stream import ReadStreamEvents
-from transforms.io.row_lookup import LookupVineRowsFn
+from transforms.io.row_lookup import LookupVineRows
 from transforms.io.vine_rows import ReadVineRows
 from transforms.runtime import outcomes as dl
 from transforms.runtime.cap import CapInFlight
@@ -82,7 +82,8 @@ def build_graph(p: beam.Pipeline, opts: MigrationOptions, run_id: str,
     return _replay(p, opts, run_id, io, events)
   rows = p | "ReadVineRows" >> ReadVineRows(
       run_id, rows_path=opts.rows, project=opts.bigquery_project,
-      dataset=opts.bigquery_dataset, raw_rows=io.raw_rows)
+      dataset=opts.bigquery_dataset, raw_rows=io.raw_rows,
+      temp_dataset=opts.bigquery_temp_dataset)
   joined = (rows["main"], events["main"], events[VIDEOS]) | "JoinOnVineId" >> JoinOnVineId()
   return apply_stages({dl.STAGE_MIGRATE: joined["main"]}, opts, run_id,
                       dead=[rows[dl.DEAD_LETTER], events[dl.DEAD_LETTER]],
@@ -93,11 +94,17 @@ def _streaming(p, opts, run_id, io) -> Dict[str, beam.PCollection]:
   """New and changed events as they reach the relays; metadata looked up per event."""
   since = opts.since or int(time.time()) - DEFAULT_STREAM_LOOKBACK
   events = p | "ReadStreamEvents" >> ReadStreamEvents(
-      split_relays(opts.relays), run_id, since, raw_events=io.raw_events)
-  items = events["main"] | "LookupVineRows" >> beam.ParDo(LookupVineRowsFn(
-      rows_path=opts.rows, project=opts.bigquery_project,
-      dataset=opts.bigquery_dataset, lookup_factory=io.row_lookup_factory))
-  return apply_stages({dl.STAGE_MIGRATE: items}, opts, run_id, dead=[events[dl.DEAD_LETTER]],
+      split_relays(opts.relays), run_id, since, raw_events=io.raw_events,
+      state_ttl_seconds=opts.stream_state_ttl_days * 86400)
+  # Query jobs bill the job's project (as the batch read does); --bigquery-project without one.
+  billing = opts.view_as(GoogleCloudOptions).project or opts.bigquery_project
+  items = events["main"] | "LookupVineRows" >> LookupVineRows(
+      run_id, rows_path=opts.rows, project=opts.bigquery_project,
+      dataset=opts.bigquery_dataset, billing_project=billing,
+      batch_size=opts.lookup_batch_size, max_wait_seconds=opts.lookup_max_wait,
+      lookup_factory=io.row_lookup_factory)
+  return apply_stages({dl.STAGE_MIGRATE: items["main"]}, opts, run_id,
+                      dead=[events[dl.DEAD_LETTER], items[dl.DEAD_LETTER]],
                       skipped=[events[dl.SKIPPED]])
 
 

@@ -26,6 +26,10 @@ stdout line is the new KEK.
 
 Exit codes: 0 success; 1 done but some rows are bad or refused; 2 nothing done
 (bad arguments, missing input, existing output, unusable KEK).
+
+Also here, for the launcher (pipeline/main.py): `pin_secret_versions`, which turns the
+`latest` (or alias) versions of --token-secret and a `gcp-secret:` --kek into numbers
+before the graph is built, so every worker reads the version the launcher checked.
 """
 
 import argparse
@@ -38,6 +42,7 @@ import sys
 import tempfile
 from typing import List, Optional, Tuple
 
+from transforms.clients.secrets import SecretError, pin_secret_version
 from transforms.keys.crypto import KEK_BYTES, SPEC_HELP, Decryptor, KekError, is_encrypted, load_kek
 from transforms.keys.store import KeyStore, KeyStoreError
 from transforms.nostr.event import KeyError_, derive_public_key, parse_private_key, parse_public_key
@@ -204,6 +209,40 @@ def cmd_check(args) -> int:
   if warning:
     print("warning: " + warning)
   return 1 if refused else 0
+
+
+def pin_secret_versions(opts, secret_client=None) -> List[str]:
+  """Pins the Secret Manager versions of --token-secret and --kek to numbers, in place.
+
+  Run at launch, before the graph is built: the DoFns are constructed from the pinned
+  names, so workers started after a rotation still read the version checked here.
+
+  Args:
+    opts: the MigrationOptions view (its token_secret and kek are rewritten).
+    secret_client: a Secret Manager client (tests pass a fake); default: made on demand.
+
+  Returns:
+    One line per pinned flag, `--kek: versions/latest -> 7` (names only, for the log).
+
+  Raises:
+    ConfigError: a version cannot be read; the message names the flag.
+  """
+  from pipeline.options import ConfigError  # pylint: disable=import-outside-toplevel
+
+  pinned = []
+  for flag, attr in (("--token-secret", "token_secret"), ("--kek", "kek")):
+    spec = getattr(opts, attr) or ""
+    if not spec or (attr == "kek" and not spec.startswith("gcp-secret:")):
+      continue
+    try:
+      new = pin_secret_version(spec, flag, secret_client=secret_client)
+    except SecretError as exc:
+      raise ConfigError(str(exc)) from None
+    if new != spec:
+      setattr(opts, attr, new)
+      pinned.append("%s: versions/%s -> %s" % (flag, spec.rpartition("/versions/")[2],
+                                                new.rpartition("/versions/")[2]))
+  return pinned
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from pipeline import dry_run, progress
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
+from pipeline.keys import pin_secret_versions
 from pipeline.options import MODE_REPLAY, ConfigError, MigrationOptions, help_text, validate
 from transforms.clients import secrets as secret_values
 from transforms.core.text import utc_now_iso
@@ -55,6 +56,15 @@ def configure_runner(options: PipelineOptions, workers: int) -> None:
     # The DirectRunner first tries to fetch and start Prism and, offline, falls back
     # to the FnApiRunner after about a second: start there.
     standard.runner = "FnApiRunner"
+
+
+def pin_local_paths(opts: MigrationOptions) -> None:
+  """Local paths made absolute: workers (a PortableRunner's worker pool, say) run in another
+  working directory, where a relative path names another file or none."""
+  for name in ("output_dir", "rows", "keys_db", "events_file"):
+    value = getattr(opts, name, None)
+    if value and "://" not in value:
+      setattr(opts, name, os.path.abspath(value))
 
 
 def read_counters(result) -> Dict[str, int]:
@@ -123,10 +133,14 @@ def run(argv: Optional[List[str]] = None) -> int:
   opts = options.view_as(MigrationOptions)
   try:
     validate(opts)
+    pin_local_paths(opts)
     configure_runner(options, opts.workers)
     if options.view_as(StandardOptions).streaming and not opts.dead_letter_table:
       raise ConfigError("--dead-letter-table: required with --streaming (dead letters go out "
                         "with streaming inserts; local files need a bounded run)")
+    if not dry_run.is_dry_run(options):  # secret versions as numbers; a dry run stays offline
+      for line in pin_secret_versions(opts):
+        _LOG.info("secret version pinned for the workers: %s", line)
   except ConfigError as exc:
     print("configuration error: %s" % exc, file=sys.stderr)
     return 2

@@ -33,7 +33,8 @@ class ConfigError(ValueError):
 # exactly one (a flag added without a group fails at once, see _Grouped).
 HELP_GROUPS = (
     ("inputs", "where vines, events and keys come from",
-     ("--relays", "--rows", "--bigquery-project", "--bigquery-dataset", "--events-file",
+     ("--relays", "--rows", "--bigquery-project", "--bigquery-dataset", "--bigquery-temp-dataset",
+      "--events-file",
       "--keys-db", "--kek", "--page-size", "--test")),
     ("migration", "the migration API and the thumbnails",
      ("--migration-api", "--token-secret", "--cdn-base", "--api-limit", "--retry-attempts",
@@ -45,7 +46,7 @@ HELP_GROUPS = (
     ("modes", "migrate or replay, and local workers",
      ("--mode", "--replay-from", "--replay-filter", "--workers")),
     ("streaming", "with Beam's --streaming flag",
-     ("--since",)),
+     ("--since", "--stream-state-ttl-days", "--lookup-batch-size", "--lookup-max-wait")),
 )
 HELP_EPILOG = """Beam's own flags are accepted alongside: --runner (DirectRunner by default, DataflowRunner),
 --streaming, --project, --region, --temp_location, --staging_location, --job_name,
@@ -98,6 +99,15 @@ class MigrationOptions(PipelineOptions):
     parser.add_argument("--since", type=int, default=0,
                         help="Streaming: unix seconds to subscribe from (inclusive). Default: one "
                         "hour before the start. Set it to the backfill's start to miss nothing.")
+    parser.add_argument("--stream-state-ttl-days", dest="stream_state_ttl_days", type=int,
+                        default=14,
+                        help="Streaming: days the newest version seen per (pubkey, d) is kept "
+                        "after it was last replaced (default 14); then the state is cleared.")
+    parser.add_argument("--lookup-batch-size", dest="lookup_batch_size", type=int, default=200,
+                        help="Streaming: vine ids per metadata query at most (default 200).")
+    parser.add_argument("--lookup-max-wait", dest="lookup_max_wait", type=int, default=5,
+                        help="Streaming: seconds an id waits at most for its metadata query's "
+                        "batch to fill (default 5).")
     parser.add_argument("--relays", default=os.environ.get("NOSTR_RELAYS", ""),
                         help="Comma-separated relay URLs to read from and publish to "
                         "(wss://, or ws:// on loopback). Default: env NOSTR_RELAYS.")
@@ -113,6 +123,12 @@ class MigrationOptions(PipelineOptions):
                         default=os.environ.get("BIGQUERY_DATASET_ID", ""),
                         help="Dataset of the Vine metadata tables, read when --rows is absent. "
                         "Default: env BIGQUERY_DATASET_ID.")
+    parser.add_argument("--bigquery-temp-dataset", dest="bigquery_temp_dataset",
+                        default=os.environ.get("BIGQUERY_TEMP_DATASET", ""),
+                        help="Existing dataset PROJECT:DATASET for the rows query's temporary "
+                        "result table (in the location of the Vine tables). Empty: Beam creates "
+                        "a temporary dataset, which needs bigquery.datasets.create. Default: env "
+                        "BIGQUERY_TEMP_DATASET.")
     parser.add_argument("--events-file", dest="events_file", default=None,
                         help="Extra events as NDJSON (e.g. a relay export), read beside the "
                         "relays and verified and de-duplicated the same way.")
@@ -289,6 +305,12 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
         parse_table_spec(value, flag)
       except ValueError as exc:
         raise ConfigError(str(exc)) from None
+  if opts.bigquery_temp_dataset:
+    from transforms.io.vine_rows import temp_dataset_reference  # pylint: disable=import-outside-toplevel
+    try:
+      temp_dataset_reference(opts.bigquery_temp_dataset)
+    except ValueError as exc:
+      raise ConfigError(str(exc)) from None
   if opts.events_file and not os.path.isfile(opts.events_file):
     raise ConfigError("--events-file: %s does not exist" % opts.events_file)
   if opts.mode == MODE_REPLAY:
@@ -314,7 +336,10 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
                            ("--workers", opts.workers, 1),
                            ("--min-relays", opts.min_relays, 0),
                            ("--retry-attempts", opts.retry_attempts, 1),
-                           ("--page-size", opts.page_size, 1)):
+                           ("--page-size", opts.page_size, 1),
+                           ("--stream-state-ttl-days", opts.stream_state_ttl_days, 1),
+                           ("--lookup-batch-size", opts.lookup_batch_size, 1),
+                           ("--lookup-max-wait", opts.lookup_max_wait, 1)):
     if value < low:
       raise ConfigError("%s: must be >= %d (got %d)" % (flag, low, value))
   if opts.min_relays > len(relays):

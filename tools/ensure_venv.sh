@@ -15,7 +15,7 @@ fi
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
   echo "[setup] installing vine-migration with its test extras (first run takes a few minutes)" >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]" >&2
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[launcher,local,test]" >&2
   echo "$want" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -30,21 +30,28 @@ needs_patch = pytest.mark.xfail(not PATCHES_APPLIED, strict=True,
 
 
 class FakeSecretManager:
-  """Secret Manager's access_secret_version: answers `data` or raises `error`; records names."""
+  """Secret Manager's access_secret_version: answers `data` or raises `error`; records names.
 
-  def __init__(self, data=None, error=None):
-    self.data, self.error, self.names = data, error, []
+  The answer's `name` is the version asked for, with `latest` (or any alias) resolved
+  to `current` (the newest version number), as Secret Manager answers.
+  """
+
+  def __init__(self, data=None, error=None, current=3):
+    self.data, self.error, self.names, self.current = data, error, [], current
 
   def access_secret_version(self, name):
     self.names.append(name)
     if self.error:
       raise self.error
+    base, _, version = name.rpartition("/versions/")
 
     class Payload:
       data = self.data
 
     class Response:
       payload = Payload
+
+    Response.name = "%s/versions/%s" % (base, version if version.isdigit() else self.current)
 
     return Response
 

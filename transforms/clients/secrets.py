@@ -14,7 +14,11 @@ before it is logged or stored (dead letters, the client's failure reasons, the
 summary's argv), replaces registered values wherever they appear, so an exception
 that quotes a secret in an unexpected form still cannot carry it into a log line
 or a dead letter. It also masks Authorization header values, bearer tokens and
-nsec keys. The registry is per process, which is where scrubbing happens (each
+nsec keys.
+
+Versions are pinned at launch (`pin_secret_version`): a name whose version is `latest`
+or another alias is turned into the version number it names now, so every worker,
+including one started after a rotation, reads the version the launcher checked. The registry is per process, which is where scrubbing happens (each
 worker loads its own secrets in setup()).
 """
 
@@ -31,6 +35,7 @@ SPEC_HELP = "gcp-secret:projects/P/secrets/S/versions/V"
 MIN_REDACTED_CHARS = 6
 _MAX_TOKEN_CHARS = 4096
 _SECRET_NAME = re.compile(r"^projects/[^/\s]+/secrets/[^/\s]+/versions/[^/\s]+$")
+_VERSION_NUMBER = re.compile(r"^[1-9][0-9]*$")
 
 _lock = threading.Lock()
 _registered: "set[str]" = set()
@@ -115,6 +120,56 @@ def check_secret_spec(spec: str, what: str = "--token-secret") -> str:
     raise SecretError("%s must name a Secret Manager version, %s (a name, never the token "
                       "itself)" % (what, SPEC_HELP))
   return name
+
+
+def is_pinned(name: str) -> bool:
+  """Whether a secret version name ends in a version number (not `latest` or an alias)."""
+  return _VERSION_NUMBER.match(name.rpartition("/versions/")[2]) is not None
+
+
+def pin_secret_version(spec: str, what: str, secret_client=None) -> str:
+  """`spec` with its version as a number: `.../versions/latest` -> `.../versions/7`.
+
+  Reads the version once (access_secret_version answers with the version it resolved;
+  only the accessor role is needed), so the launcher has also checked that it exists,
+  is enabled and is not empty. The value is never kept or returned. A spec that already
+  names a number is returned unchanged, without a call.
+
+  Args:
+    spec: `[gcp-secret:]projects/P/secrets/S/versions/V`; the prefix, if any, is kept.
+    what: Name of the flag, for messages.
+    secret_client: A Secret Manager client with `access_secret_version(name=...)`
+      (tests pass a fake); default: a new `SecretManagerServiceClient`.
+
+  Raises:
+    SecretError: not a version name, the request failed, or the answer names no number.
+  """
+  text = (spec or "").strip()
+  prefix = SECRET_PREFIX if text.startswith(SECRET_PREFIX) else ""
+  name = check_secret_spec(text, what)
+  if is_pinned(name):
+    return text
+  if secret_client is None:
+    from google.cloud import secretmanager  # pylint: disable=import-outside-toplevel
+
+    secret_client = secretmanager.SecretManagerServiceClient()
+  try:
+    response = secret_client.access_secret_version(name=name)
+  except Exception as exc:  # pylint: disable=broad-except
+    detail = scrub((str(exc).splitlines() or [""])[0][:200])
+    raise SecretError("%s: Secret Manager %s: request failed (%s: %s); pin a version number "
+                      "to launch without this check" % (what, name, type(exc).__name__,
+                                                         detail)) from None
+  number = str(getattr(response, "name", "") or "").rpartition("/versions/")[2]
+  if not _VERSION_NUMBER.match(number):
+    raise SecretError("%s: Secret Manager did not say which version %s is" % (what, name))
+  data = response.payload.data
+  if not data:
+    raise SecretError("%s: Secret Manager %s (version %s) is empty" % (what, name, number))
+  if isinstance(data, (bytes, bytearray)):  # this process saw it: scrub it like any secret
+    data = bytes(data).decode("utf-8", "ignore")
+  register(data.strip())
+  return prefix + name.rpartition("/versions/")[0] + "/versions/" + number
 
 
 def _clean_token(value, source: str) -> str:

@@ -9,6 +9,9 @@ window ever waits for the other side of a join, and late data has nothing to be 
 for: every event is processed whenever it arrives. What batch does with a combine
 (keep the newest version per (pubkey, d)) streaming does with per-key state in the
 global window: a version older than one already processed is skipped `superseded`.
+That state expires: a processing-time timer, reset whenever a newer version is kept,
+clears it `state_ttl_seconds` later (--stream-state-ttl-days, default 14), so state
+holds only the addresses that changed lately instead of every address ever seen.
 
 The source, in two layers over ``RelaySubscriptionClient``
 (``transforms.clients.relay.subscription``: one relay, one websocket, reconnects):
@@ -65,7 +68,8 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms import core
 from apache_beam.transforms.deduplicate import DeduplicatePerKey
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
@@ -83,6 +87,8 @@ OWN_EVENTS_IGNORED = "own_events_ignored"
 STREAM_EVENTS_READ = "stream_events_read"
 STREAM_RECONNECTS = "stream_relay_reconnects"
 STREAM_BAD_RELAY_URLS = "stream_bad_relay_urls"
+STREAM_STATE_EXPIRED = "stream_state_expired"  # newest-version states cleared by their timer
+DEFAULT_STATE_TTL_SECONDS = 14 * 86400
 
 MAX_POSITION = sys.maxsize
 POSITIONS_PER_SECOND = 1000
@@ -356,12 +362,23 @@ class SubscribeRelayEvents(beam.PTransform):
 
 
 class KeepNewestPerAddressFn(beam.DoFn):
-  """((pubkey, d), event) -> the same, unless a newer version was already processed."""
+  """((pubkey, d), event) -> the same, unless a newer version was already processed.
+
+  The newest (created_at, id) per address is kept `ttl_seconds` (processing time) after
+  it was last replaced, then cleared: a version older than a forgotten one is processed
+  again like a new one (docs/streaming.md, "State expiry", says why that is rare).
+  """
 
   NEWEST = ReadModifyWriteStateSpec("newest", coders.TupleCoder(
       (coders.VarIntCoder(), coders.StrUtf8Coder())))
+  EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 
-  def process(self, keyed, newest=beam.DoFn.StateParam(NEWEST)) -> Iterator[Any]:
+  def __init__(self, ttl_seconds: float = DEFAULT_STATE_TTL_SECONDS):
+    super().__init__()
+    self._ttl = Duration(ttl_seconds)
+
+  def process(self, keyed, newest=beam.DoFn.StateParam(NEWEST),
+              expiry=beam.DoFn.TimerParam(EXPIRY)) -> Iterator[Any]:
     _, event = keyed
     seen = newest.read()
     mine = (event["created_at"], event["id"])
@@ -372,15 +389,23 @@ class KeepNewestPerAddressFn(beam.DoFn):
                                                   event["id"]))
       return
     newest.write(mine)
+    expiry.set(Timestamp.now() + self._ttl)  # a later newer version moves it
     yield keyed
+
+  @on_timer(EXPIRY)
+  def expire(self, newest=beam.DoFn.StateParam(NEWEST)) -> None:
+    newest.clear()
+    accounting.inc(STREAM_STATE_EXPIRED)
 
 
 class ReadStreamEvents(beam.PTransform):
   """PBegin -> {main: (vine_id, SourceEvent), skipped, dead_letter}, unbounded."""
 
   def __init__(self, relays: Sequence[str], run_id: str, since: int,
-               raw_events: Optional[beam.PTransform] = None):
+               raw_events: Optional[beam.PTransform] = None,
+               state_ttl_seconds: float = DEFAULT_STATE_TTL_SECONDS):
     super().__init__()
+    self._state_ttl = state_ttl_seconds
     self._relays = list(relays)
     self._run_id = run_id
     self._since = since
@@ -395,7 +420,7 @@ class ReadStreamEvents(beam.PTransform):
                | "ListInvalid" >> beam.Map(lambda kv: (kv[0], [kv[1]]))
                | "DeadLetterInvalid" >> beam.ParDo(InvalidEventFn(self._run_id)))
     newest = checked.valid | "KeepNewestPerAddress" >> beam.ParDo(
-        KeepNewestPerAddressFn()).with_outputs(dl.SKIPPED, main="main")
+        KeepNewestPerAddressFn(self._state_ttl)).with_outputs(dl.SKIPPED, main="main")
     classified = newest.main | "ExtractVineIds" >> beam.ParDo(ClassifyEventFn(
         self._run_id, reject_future=True)).with_outputs(dl.SKIPPED, dl.DEAD_LETTER, main="main")
     skipped = ((newest[dl.SKIPPED], classified[dl.SKIPPED])

@@ -1,9 +1,15 @@
 """ReadVineRows: the Vine metadata rows, from BigQuery in production or NDJSON locally.
 
 Output: (vine_id, VineRow); tagged dead letters for rows that cannot be used.
-The query is the seed's, unchanged but for the table names, which come from
---bigquery-project / --bigquery-dataset. Hashtags are re-extracted Unicode-aware
-in core.rows.parse_row (the query's RE2 `\\w` is ASCII-only).
+The query is the seed's (the LEFT JOIN, its columns, its hashtags) over the tables of
+--bigquery-project / --bigquery-dataset, less its `SELECT DISTINCT`: DISTINCT over a row that
+holds an ARRAY (`hashtags`) is refused by GoogleSQL engines that cannot group arrays, and
+JoinOnVineId already keeps one row per vine id (the others counted `duplicate_rows`), so the
+rows that reach the stages are the same. Hashtags are re-extracted Unicode-aware in
+core.rows.parse_row (the query's RE2 `\\w` is ASCII-only).
+
+A query read writes its result to a temporary table; without --bigquery-temp-dataset Beam
+creates a temporary dataset for it, which needs `bigquery.datasets.create` (docs/dataflow.md).
 """
 
 import json
@@ -25,7 +31,8 @@ _LOG = logging.getLogger(__name__)
 
 _IDENT = re.compile(r"^[A-Za-z0-9_\-]{1,1024}$")
 
-SEED_QUERY = """SELECT DISTINCT
+# Ends with the join so that a caller may append a WHERE (row_lookup.py does).
+SEED_QUERY = """SELECT
     p.vineId,
     p.authorName as username,
     p.description,
@@ -53,6 +60,26 @@ def seed_query(project: str, dataset: str) -> str:
     if not is_bigquery_identifier(value):
       raise ValueError("%s is missing or not a valid BigQuery identifier" % flag)
   return SEED_QUERY.format(project=project, dataset=dataset)
+
+
+TEMP_DATASET_FLAG = "--bigquery-temp-dataset"
+_BEAM_TEMP_PREFIX = "beam_temp_dataset_"  # Beam's own temporary datasets; it deletes those
+
+
+def temp_dataset_reference(spec: str):
+  """'PROJECT:DATASET' (or 'PROJECT.DATASET') -> the DatasetReference ReadFromBigQuery takes.
+
+  Raises ValueError naming the flag when the value is not two identifiers or uses the
+  prefix Beam reserves for the datasets it creates and deletes itself.
+  """
+  parts = re.split(r"[:.]", spec or "", maxsplit=1)
+  if len(parts) != 2 or not all(is_bigquery_identifier(part) for part in parts):
+    raise ValueError("%s: %r must be PROJECT:DATASET" % (TEMP_DATASET_FLAG, spec))
+  if parts[1].startswith(_BEAM_TEMP_PREFIX):
+    raise ValueError("%s: a dataset named %s* is Beam's own; name an existing dataset"
+                     % (TEMP_DATASET_FLAG, _BEAM_TEMP_PREFIX))
+  from apache_beam.io.gcp.internal.clients import bigquery  # pylint: disable=import-outside-toplevel
+  return bigquery.DatasetReference(projectId=parts[0], datasetId=parts[1])
 
 
 class ParseRowFn(beam.DoFn):
@@ -94,7 +121,8 @@ class ReadVineRows(beam.PTransform):
 
   def __init__(self, run_id: str, rows_path: Optional[str] = None,
                project: Optional[str] = None, dataset: Optional[str] = None,
-               raw_rows=None, bigquery_method: str = "DIRECT_READ"):
+               raw_rows=None, bigquery_method: str = "DIRECT_READ",
+               temp_dataset: Optional[str] = None):
     super().__init__()
     self._run_id = run_id
     self._rows_path = rows_path
@@ -102,6 +130,16 @@ class ReadVineRows(beam.PTransform):
     self._dataset = dataset
     self._raw_rows = raw_rows  # a PTransform yielding dicts or lines (tests, replay)
     self._method = bigquery_method
+    self._temp_dataset = temp_dataset  # 'PROJECT:DATASET' for the query's result table, or None
+
+  def bigquery_read_args(self):
+    """The keyword arguments of the ReadFromBigQuery this read builds (tests inspect them)."""
+    args = {"query": seed_query(self._project, self._dataset), "use_standard_sql": True,
+            "method": getattr(beam.io.ReadFromBigQuery.Method, self._method)}
+    if self._temp_dataset:
+      # Only with the key present does Beam write into this dataset instead of creating one.
+      args["temp_dataset"] = temp_dataset_reference(self._temp_dataset)
+    return args
 
   def expand(self, pbegin):
     if self._raw_rows is not None:
@@ -111,9 +149,7 @@ class ReadVineRows(beam.PTransform):
       raw = pbegin | "ReadRowsFile" >> beam.io.ReadFromText(self._rows_path,
                                                            coder=coders.BytesCoder())
     else:
-      raw = pbegin | "QueryBigQuery" >> beam.io.ReadFromBigQuery(
-          query=seed_query(self._project, self._dataset), use_standard_sql=True,
-          method=getattr(beam.io.ReadFromBigQuery.Method, self._method))
+      raw = pbegin | "QueryBigQuery" >> beam.io.ReadFromBigQuery(**self.bigquery_read_args())
     parsed = raw | "ParseRows" >> beam.ParDo(ParseRowFn(self._run_id)).with_outputs(
         dl.DEAD_LETTER, main="main")
     return {"main": parsed.main, dl.DEAD_LETTER: parsed[dl.DEAD_LETTER]}

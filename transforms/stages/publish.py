@@ -28,7 +28,7 @@ from transforms.clients.relay.publisher import RelayPublisher
 from transforms.core.ids import record_id
 from transforms.core.records import WorkItem
 from transforms.core.text import utc_now_iso
-from transforms.keys.store import load_key_store
+from transforms.keys.shared_store import SharedKeyStore
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
 from transforms.runtime.async_dofn import wrap_like
@@ -91,7 +91,8 @@ class PublishEventsFn(beam.DoFn):
     self._relays = list(relays)
     self._run_id = run_id
     self._keys_db = keys_db
-    self._kek_spec = kek_spec
+    # Names only, never keys; the store is the process's one (transforms/keys/shared_store.py).
+    self._key_store = SharedKeyStore(keys_db, kek_spec) if keys_db else None
     self._min_relays = min(min_relays or len(relays), len(relays))
     self._max_in_flight = max_in_flight
     self._ack_timeout = ack_timeout
@@ -113,7 +114,7 @@ class PublishEventsFn(beam.DoFn):
               nip42=bool(self._keys_db))
     auth = None
     if self._keys_db:
-      keys = load_key_store(self._keys_db, self._kek_spec)
+      keys = self._key_store.acquire()
       auth = keys.signer_for  # NIP-42: answer AUTH with the key of the event's author
     self._publishers = [
         RelayPublisher(url, max_in_flight=self._max_in_flight, ack_timeout=self._ack_timeout,

@@ -1,7 +1,7 @@
 """SignEvent: sign each unsigned event with the key of the original event's pubkey.
 
-The key store is loaded in setup() (`transforms.keys.store.load_key_store`); the key
-never leaves the worker. No key for the pubkey: a `no_signing_key` dead letter.
+The key store is acquired in setup(), loaded once per worker process and shared with
+PublishEvents (`transforms.keys.shared_store`); the key never leaves the worker. No key for the pubkey: a `no_signing_key` dead letter.
 """
 
 import logging
@@ -12,7 +12,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from transforms.core.records import WorkItem
 from transforms.core.text import SUSPECT_TEXT
-from transforms.keys.store import load_key_store
+from transforms.keys.shared_store import SharedKeyStore
 from transforms.nostr.event import validate_event
 from transforms.runtime import outcomes as dl
 from transforms.runtime.logs import log_stage
@@ -20,8 +20,6 @@ from transforms.runtime.logs import log_stage
 _LOG = logging.getLogger(__name__)
 
 NO_SIGNING_KEY = "no_signing_key"
-
-
 
 
 def _needs_full_check(signed: Dict[str, Any]) -> bool:
@@ -47,12 +45,12 @@ class SignEventFn(beam.DoFn):
 
   def __init__(self, keys_db: str, run_id: str, kek_spec: str = ""):
     super().__init__()
-    self._keys_db = keys_db  # a path, never key material
-    self._kek_spec = kek_spec  # a reference (env:NAME, file:PATH, ...), never the key
+    # Names only (a path and a KEK reference), never key material: the DoFn pickles.
+    self._key_store = SharedKeyStore(keys_db, kek_spec)
     self._run_id = run_id
 
   def setup(self):
-    self._keys = load_key_store(self._keys_db, self._kek_spec)
+    self._keys = self._key_store.acquire()
     self._signed = self._invalid = 0
     self._no_key: Dict[str, int] = {}
     log_stage(_LOG, "SignEvent", "ready", keys=len(self._keys))

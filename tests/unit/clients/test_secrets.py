@@ -58,3 +58,32 @@ def test_secret_manager_is_imported_only_when_a_secret_is_named():
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        check=True, env=dict(os.environ, PYTHONPATH=ROOT))
   assert out.stdout.strip() == "False"
+
+
+LATEST = "projects/p1/secrets/migration-token/versions/latest"
+
+
+@pytest.mark.parametrize("prefix", ["", "gcp-secret:"])
+def test_latest_is_pinned_to_the_number_it_names_now_and_the_prefix_is_kept(prefix):
+  value = "pin-" + os.urandom(12).hex()  # fresh: no other test registered it
+  client = FakeSecretManager(data=value.encode(), current=7)
+  pinned = sv.pin_secret_version(prefix + LATEST, "--token-secret", secret_client=client)
+  assert pinned == prefix + "projects/p1/secrets/migration-token/versions/7"
+  assert client.names == [LATEST] and value not in pinned
+  assert sv.scrub("x %s y" % value) == "x *** y"  # seen at launch: registered for redaction
+
+
+def test_a_numbered_version_is_kept_without_a_call():
+  client = FakeSecretManager(error=AssertionError("no call expected"))
+  assert sv.pin_secret_version(SECRET_NAME, "--token-secret", secret_client=client) == SECRET_NAME
+  assert client.names == [] and sv.is_pinned(SECRET_NAME) and not sv.is_pinned(LATEST)
+
+
+@pytest.mark.parametrize("client", [
+    FakeSecretManager(error=PermissionError("403 Permission denied on secret")),
+    FakeSecretManager(data=b""),
+])
+def test_a_version_that_cannot_be_read_at_launch_is_a_secret_error_naming_the_flag(client):
+  with pytest.raises(sv.SecretError, match="--kek") as info:
+    sv.pin_secret_version("gcp-secret:" + LATEST, "--kek", secret_client=client)
+  assert TOKEN not in str(info.value)

@@ -7,10 +7,14 @@ import stat
 import subprocess
 import sys
 
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
 from pipeline import keys as keys_cli
+from pipeline.options import ConfigError, MigrationOptions
 from tests.support.keys import kek_text_forms, key_pair, make_keys_db, tiny_keys_db
 from tests.support.paths import ROOT
-from tests.support.security import KEK, KEK_ENV
+from tests.support.security import KEK, KEK_ENV, FakeSecretManager
 from transforms.keys import crypto as kc
 from transforms.keys.store import NO_KEK_REASON, KeyStore
 from transforms.nostr import event as ne
@@ -156,3 +160,27 @@ def test_keys_tool_writes_0600_files_whatever_the_umask(tmp_path, monkeypatch):
   for name in ("enc.db", "kek.b64"):
     assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600, name
   assert not [n for n in os.listdir(tmp_path) if n.startswith(".keys-")]  # no temp left
+
+
+def test_launch_pins_latest_secret_versions_for_the_workers_and_keeps_other_specs():
+  opts = PipelineOptions([
+      "--token-secret=projects/p1/secrets/tok/versions/latest",
+      "--kek=gcp-secret:projects/p1/secrets/kek/versions/latest"]).view_as(MigrationOptions)
+  client = FakeSecretManager(data=b"x" * 32, current=12)
+  lines = keys_cli.pin_secret_versions(opts, secret_client=client)
+  assert opts.token_secret == "projects/p1/secrets/tok/versions/12"
+  assert opts.kek == "gcp-secret:projects/p1/secrets/kek/versions/12"
+  assert len(lines) == 2 and all("latest -> 12" in line for line in lines)
+  # What the graph is built from (and the workers get) is the pinned name.
+  assert opts.view_as(MigrationOptions).token_secret.endswith("/versions/12")
+  assert keys_cli.pin_secret_versions(opts, secret_client=client) == [] and len(client.names) == 2
+
+  for kek in ("env:SOME_VAR", "file:/nowhere"):  # not Secret Manager: untouched, no call
+    other = PipelineOptions(["--kek=" + kek]).view_as(MigrationOptions)
+    other.token_secret = ""
+    assert keys_cli.pin_secret_versions(other, secret_client=FakeSecretManager(
+        error=AssertionError("no call"))) == [] and other.kek == kek
+  refused = PipelineOptions(["--token-secret=projects/p/secrets/t/versions/latest"]).view_as(
+      MigrationOptions)
+  with pytest.raises(ConfigError, match="--token-secret"):
+    keys_cli.pin_secret_versions(refused, secret_client=FakeSecretManager(error=RuntimeError("denied")))

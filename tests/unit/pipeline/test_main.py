@@ -1,9 +1,11 @@
 """The driver's pure parts: the workers and runner of a run, and the facts summary.json records."""
 
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import main as pipeline_main
-from pipeline.options import MigrationOptions
+from pipeline.options import ConfigError, MigrationOptions
+from tests.support.keys import tiny_keys_db
 from transforms.clients import secrets as secret_values
 
 
@@ -34,3 +36,31 @@ def test_run_facts_for_summary_json():
   assert facts["finished_at"] == "2023-11-14T22:13:30.000+00:00"
   assert facts["seconds"] == 10.0 and facts["events_per_second"] == 4.5
   assert facts["event_kind"] == "both" and facts["output_files"] == ["summary.json"]
+
+
+def test_secret_versions_are_pinned_before_the_graph_is_built_and_not_in_a_dry_run(
+    tmp_path, monkeypatch, capsys):
+  keys_db, rows = str(tmp_path / "keys.db"), tmp_path / "rows.ndjson"
+  tiny_keys_db(keys_db, 0o600)
+  rows.write_text("", encoding="utf-8")
+  monkeypatch.setenv(secret_values.TOKEN_ENV_VAR, "tok-" + "x" * 20)
+  calls = []
+
+  def refuse(opts):
+    calls.append(opts.token_secret)
+    raise ConfigError("--token-secret: Secret Manager said no")
+
+  def never(*args, **kwargs):
+    raise AssertionError("the graph must not be built")
+
+  monkeypatch.setattr(pipeline_main, "pin_secret_versions", refuse)
+  monkeypatch.setattr(pipeline_main, "build_graph", never)
+  argv = ["--relays=ws://127.0.0.1:1", "--migration-api=http://127.0.0.1:1",
+          "--keys-db=" + keys_db, "--rows=" + str(rows), "--output-dir=" + str(tmp_path / "o"),
+          "--token-secret=projects/p/secrets/t/versions/latest", "--no-progress"]
+  assert pipeline_main.run(argv) == 2 and calls == ["projects/p/secrets/t/versions/latest"]
+  assert "Secret Manager said no" in capsys.readouterr().err
+  monkeypatch.setattr(pipeline_main, "build_graph", lambda *a, **k: never())
+  with pytest.raises(AssertionError, match="graph"):  # a dry run goes on to the graph, unpinned
+    pipeline_main.run(argv + ["--dry_run=True"])
+  assert len(calls) == 1

@@ -60,6 +60,7 @@ def test_valid_configuration_passes(base):
     (["--dead-letter-table", "not a table"], "--dead-letter-table"),
     (["--mode", "replay"], "--replay-from"),
     (["--kek", "env:NOT_SET_ANYWHERE"], "--kek"),
+    (["--bigquery-temp-dataset", "only_a_dataset"], "--bigquery-temp-dataset"),
 ])
 def test_bad_configuration_names_the_flag(base, change, flag):
   with pytest.raises(ConfigError, match=flag):
