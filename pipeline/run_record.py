@@ -55,6 +55,21 @@ class ScrubbingFormatter(logging.Formatter):
     return secret_values.scrub(super().format(record))
 
 
+class StopRunTraceback(logging.Filter):
+  """Drops the traceback Beam logs for an exception a stage raised when it is a StopRun.
+
+  The run logs its stop once, as a clear line (a configuration stop as an error, a signal
+  as a warning); a signal is not an error, and a traceback says nothing more.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], StopRun))
+
+
+# The logger of Beam's DoFn runner, which logs a stage's exception with its traceback.
+BEAM_DOFN_LOGGER = "apache_beam.runners.common"
+
+
 def write_json_atomically(path: str, value: Dict[str, Any]) -> None:
   """Writes `path` whole or not at all: a reader never sees half a file."""
   temporary = "%s.tmp-%d" % (path, os.getpid())
@@ -97,6 +112,7 @@ class RunRecord:
     self._handler: Optional[logging.Handler] = None
     self._old_handlers: Dict[int, Any] = {}
     self._timer: Optional[threading.Timer] = None
+    self._filter = StopRunTraceback()
     self._journal: Optional[journal.Journal] = None
     self.stop_reason: Optional[str] = None
     self._finishing = threading.Lock()
@@ -108,6 +124,7 @@ class RunRecord:
                                         encoding="utf-8")
     self._handler.setFormatter(ScrubbingFormatter(LOG_FORMAT))
     logging.getLogger().addHandler(self._handler)
+    logging.getLogger(BEAM_DOFN_LOGGER).addFilter(self._filter)
     self._journal = journal.activate(self.run_dir)
     if self._journal is not None:
       self._journal.write(journal.RUN, run_id=self.run_id, argv=self._argv,
@@ -144,6 +161,7 @@ class RunRecord:
     if self._journal is not None:
       self._journal.write(journal.END, status=status, reason=self.stop_reason)
     journal.deactivate()
+    logging.getLogger(BEAM_DOFN_LOGGER).removeFilter(self._filter)
     if self._handler is not None:
       logging.getLogger().removeHandler(self._handler)
       self._handler.close()
