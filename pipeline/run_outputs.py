@@ -122,7 +122,8 @@ def _read_text(path: str) -> Optional[str]:
 
 
 def is_run_dir(path: str) -> bool:
-  return any(_exists(join_path(path, name)) for name in OUTPUT_FILES + RECORD_FILES)
+  return any(_exists(join_path(path, name))
+             for name in OUTPUT_FILES + RECORD_FILES + (journal.JOURNAL_DIR,))
 
 
 def list_runs(output_dir: str) -> List[Tuple[str, float]]:
