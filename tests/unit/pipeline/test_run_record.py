@@ -82,7 +82,7 @@ def test_a_signal_stops_the_run_with_a_stopped_summary(tmp_path):
   assert summary["status"] == "stopped" and summary["stop_reason"].startswith("SIGTERM")
   assert summary["published"] == 1 and summary["balanced"] is None and summary["argv"] == ["--x"]
   assert not [n for n in os.listdir(run_dir) if n.startswith("beam-temp-")]
-  assert not record._timer.is_alive()  # the forced exit was called off
+  assert record._timer.finished.is_set()  # the forced exit was called off
   assert journal.what_it_saw(journal.read_journal(run_dir)[0])["end"]["status"] == "stopped"
 
 
@@ -95,3 +95,24 @@ def test_beam_traceback_of_a_stop_is_dropped():
 
   assert not keep.filter(record_of(StopRun("SIGTERM received")))
   assert keep.filter(record_of(ValueError("a real bug")))
+
+
+@pytest.mark.usefixtures("clean_tally")
+def test_a_run_that_ignores_the_stop_is_recorded_then_exits(tmp_path, monkeypatch):
+  exits = []
+
+  def fake_exit(code):
+    exits.append(code)
+    raise SystemExit(code)
+
+  monkeypatch.setattr(run_record.os, "_exit", fake_exit)
+  monkeypatch.setattr(run_record.logging, "shutdown", lambda: None)
+  record = run_record.RunRecord(str(tmp_path), "r3", []).start()
+  record.stop_reason = "SIGINT received"
+  with pytest.raises(SystemExit):
+    record._force_exit("not stopped 30 s after SIGINT")
+  assert exits == [run_record.EXIT_STOPPED]
+  summary = json.loads(_read(os.path.join(str(tmp_path), "summary.json")))
+  assert summary["status"] == "stopped"
+  assert summary["stop_reason"] == "SIGINT received (not stopped 30 s after SIGINT)"
+  assert journal.JOURNAL_ENV not in os.environ
