@@ -184,7 +184,8 @@ def apply_stages(entries: Dict[str, beam.PCollection], opts: MigrationOptions, r
 
   dead_all = (tuple(dead) + gathered(dl.DEAD_LETTER)) | "FlattenDeadLetters" >> beam.Flatten()
   skipped_all = (tuple(skipped) + gathered(dl.SKIPPED)) | "FlattenSkips" >> beam.Flatten()
-  monitor = gathered(dl.MONITOR) | "FlattenMonitorLines" >> beam.Flatten()
+  failed = dead_all | "FormatFailedLines" >> beam.Map(dl.monitor_failed)  # one per dead letter
+  monitor = (gathered(dl.MONITOR) + (failed,)) | "FlattenMonitorLines" >> beam.Flatten()
   return {PUBLISHED: published.main, DEAD_LETTERS: dead_all, SKIPPED: skipped_all,
           MONITOR: monitor}
 

@@ -25,7 +25,7 @@ RUN_ID = "20250101T000000Z-dry123"
 DEAD_LETTER_TABLE = "%s:vine_migration.dead_letters" % PROJECT
 RESULTS_TABLE = "%s:vine_migration.results" % PROJECT
 STAGES = ["MigrateVideo", "ComputeBlurhash", "BuildVideoEvent", "SignEvent", "PublishEvents"]
-GATHER = ["FlattenDeadLetters", "FlattenSkips", "FlattenMonitorLines"]
+GATHER = ["FlattenDeadLetters", "FlattenSkips", "FormatFailedLines", "FlattenMonitorLines"]
 LOCAL_SINKS = ["WriteDeadLetters", "WriteSkips", "WriteResults", "WriteMonitorLog"]
 
 

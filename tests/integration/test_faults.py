@@ -10,6 +10,7 @@ Every run asserts the conservation check (`summary["balanced"]`).
 """
 
 import collections
+import glob
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import pytest
 from devstack.emulator_faults import keyed_fault
 from devstack.emulator_state import normalize_config
 from devstack.stack import LocalStack
+from pipeline.run_record import EXIT_STOPPED
 from tests.support.run_checks import (
   assert_balanced,
   assert_relay_consistent,
@@ -66,11 +68,17 @@ def wrong_token_run(api_stack, tmp_path_factory):
 
 def test_refused_token_stops_the_run_at_once_naming_the_token(wrong_token_run):
   code, err, run_dir, seconds, before, after, stats = wrong_token_run
-  assert code == 1
+  assert code == EXIT_STOPPED
   assert "run stopped" in err and TOKEN_ENV in err and "HTTP 403" in err
-  # No dead-letter flood and nothing published: the run wrote no outputs at all.
+  # No dead-letter flood and nothing published: a clean stop, with its record.
   assert read_outputs(run_dir) == {"dead_letters": [], "skipped": [], "published": []}
-  assert not os.path.exists(os.path.join(run_dir, "summary.json"))
+  with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+    summary = json.load(f)
+  assert summary["status"] == "stopped" and "HTTP 403" in summary["stop_reason"]
+  assert summary["published"] == 0 and summary["balanced"] is None
+  assert not glob.glob(os.path.join(run_dir, "beam-temp-*"))
+  # Nothing logged as an error that is not one: no pending task destroyed, no traceback.
+  assert "Task was destroyed" not in err and "Traceback" not in err
   assert after == before
   # At most one window of --api-limit (20) calls was in flight when the first 403 came back.
   assert 1 <= stats["auth_refused"]["403"] <= 20

@@ -3,25 +3,23 @@
 Two local stacks of the same sample data, module-scoped:
 
 * Re-runs: incremental, --force-remigrate, --force-republish, update-existing.
-* A crash: `python -m pipeline.main` killed mid-run, then a plain re-run; the relay
-  ends as after a clean run.
+* A crash: `python -m pipeline.main` killed mid-run: its journal names every vine that
+  reached the relay and `pipeline.report` reads it; then a plain re-run, which publishes
+  none of them again, and the relay ends as after a clean run.
 
 Every run asserts the conservation check (`summary["balanced"]`).
 """
 
 import collections
+import io
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from devstack.stack import LocalStack
-from tests.support.faulty_relay import FaultyRelayProxy
-from tests.support.paths import ROOT
+from pipeline import report
 from tests.support.run_checks import (
   assert_balanced,
   assert_relay_consistent,
@@ -30,7 +28,8 @@ from tests.support.run_checks import (
   is_migrated,
   read_outputs,
 )
-from tests.support.runs import TOKEN_ENV, run_pipeline
+from tests.support.runs import run_pipeline, signal_mid_run
+from transforms.io import journal
 from transforms.nostr.event import first_tag_value
 
 pytestmark = pytest.mark.integration
@@ -161,46 +160,32 @@ def crash_stack(tmp_path_factory):
     yield stack
 
 
-def _kill_mid_run(stack, out_dir, at_least=3, timeout=90.0):
-  """Runs `python -m pipeline.main` and SIGKILLs it once at_least vines are on the relay.
-
-  The DirectRunner materialises each stage's output before the next stage starts, so
-  all events reach PublishEvents together; a proxy that holds each EVENT 150 ms, with
-  one event in flight (--publish-limit 1), spreads publishing over a few seconds.
-  """
-  proxy = FaultyRelayProxy(stack.relay_urls[0],
-                           lambda event, sends: ("hook", lambda: time.sleep(0.15)))
-  env = dict(os.environ, PYTHONPATH=ROOT, **{TOKEN_ENV: stack.token})
-  args = stack.pipeline_args(output_dir=str(out_dir), extra=[
-      "--run-id", "killed", "--relays", proxy.url, "--publish-limit", "1",
-      "--retry-base-delay", "0.01"])
-  try:
-    with open(os.path.join(str(out_dir), "killed.log"), "w", encoding="utf-8") as log:
-      proc = subprocess.Popen([sys.executable, "-m", "pipeline.main"] + args, cwd=ROOT,
-                              env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-      try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None:
-          if sum(map(is_migrated, stack.relay_events())) >= at_least:
-            break
-          time.sleep(0.05)
-      finally:
-        if proc.poll() is None:
-          os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-  finally:
-    proxy.close()
-  return proc.returncode
-
-
 def test_killed_run_then_plain_rerun_ends_like_a_clean_run(crash_stack, clean_run,
                                                            tmp_path):
-  returncode = _kill_mid_run(crash_stack, tmp_path)
+  returncode = signal_mid_run(
+      crash_stack, tmp_path, "killed", signal.SIGKILL,
+      lambda: sum(map(is_migrated, crash_stack.relay_events())) >= 3)
   assert returncode == -signal.SIGKILL, "the run ended before it could be killed"
   first = {d_tag(e) for e in crash_stack.relay_events() if is_migrated(e)}
   expected = crash_stack.manifest["expected_published"]
   assert 3 <= len(first) < expected
+  # The killed run's journal names every vine whose new version reached the relay.
+  killed_dir = os.path.join(str(tmp_path), "killed")
+  records, bad = journal.read_journal(killed_dir)
+  saw = journal.what_it_saw(records)
+  assert saw["run"] is not None and saw["end"] is None and bad == 0
+  assert first <= set(saw["published"]) | set(saw["in_doubt"])
+  assert set(saw["published"]) <= first
+  with open(os.path.join(killed_dir, "progress.json"), encoding="utf-8") as f:
+    stats = json.load(f)["stats"]
+  assert {"events_checked", "videos_migrated", "videos_republished", "failed_migrations",
+          "start_time", "last_checkpoint"} <= set(stats)
+  # pipeline.report reads it and says the run did not finish.
+  text = io.StringIO()
+  assert report.main(["--output-dir", killed_dir, "--plain"], stream=text) == 0
+  text = text.getvalue()
+  assert "The run did not finish" in text and "Totals (from journal)" in text
+  assert all(vine_id in text for vine_id in saw["in_doubt"])
   calls_before = collections.Counter(crash_stack.emulator.stats()["migrate_calls"])
   code, run_dir, summary = run_pipeline(crash_stack, tmp_path / "rerun")
   assert_balanced(code, summary)
@@ -213,7 +198,13 @@ def test_killed_run_then_plain_rerun_ends_like_a_clean_run(crash_stack, clean_ru
       crash_stack.manifest["planted"]["no_signing_key"]["vine_ids"])
   assert summary["published"] == expected - len(first)
   assert summary["counters"]["migrations_reused"] == len(first)
+  outputs = read_outputs(run_dir)
+  assert not {r["vine_id"] for r in outputs["published"]} & set(saw["published"])
+  # One FAILED line in monitor.log per dead letter.
+  with open(os.path.join(run_dir, "monitor.log"), encoding="utf-8") as f:
+    failed = sorted(line.split(",")[1:4] for line in f if line.startswith("FAILED,"))
+  assert outputs["dead_letters"] and failed == sorted(
+      [d["vine_id"] or "", d["stage"], d["error_class"]] for d in outputs["dead_letters"])
   # The relay ends exactly as after a clean run of the same input.
-  events = assert_relay_consistent(crash_stack.relay_urls[0],
-                                   read_outputs(run_dir)["published"])
+  events = assert_relay_consistent(crash_stack.relay_urls[0], outputs["published"])
   assert _normalised(events, crash_stack.emulator.url) == clean_run["normalised"]

@@ -43,6 +43,7 @@ from devstack.stack import split_events
 from pipeline import keys as keys_cli
 from pipeline.graph import attach_local_sinks, build_graph
 from pipeline.options import MigrationOptions, validate
+from pipeline.run_record import EXIT_STOPPED
 from tests.support.paths import ROOT
 from tests.support.runs import TOKEN_ENV, read_ndjson
 from tests.support.secret_scan import (
@@ -236,9 +237,11 @@ def test_keys_were_encrypted_and_the_loose_mode_was_warned(secured):
 @pytest.mark.integration
 def test_wrong_token_stops_the_run_with_a_clear_message(secured):
   run = secured["runs"]["wrong"]
-  assert run.returncode == 1
+  assert run.returncode == EXIT_STOPPED
   assert "migration API refused the token (HTTP 403)" in run.stderr.decode()
-  assert not os.path.exists(os.path.join(secured["out"], "wrong", "summary.json"))
+  with open(os.path.join(secured["out"], "wrong", "summary.json"), encoding="utf-8") as f:
+    summary = json.load(f)
+  assert summary["status"] == "stopped" and "refused the token" in summary["stop_reason"]
 
 
 @pytest.mark.integration

@@ -4,7 +4,8 @@ One row shape each, built by one function each (`make_dead_letter`, `make_skip`)
 making one counts it: a dead letter by stage (`dead_letters_<stage>`, what the balance
 check adds up) and by error class (`dead_letter_class_<class>`), a skip by reason
 (`skipped_<reason>`). Every dead letter and skip is made here, so no call site can
-forget a counter or count one twice. Also: the output tags every risky DoFn may emit,
+forget a counter or count one twice; making one also journals it when the run has a
+journal (transforms/io/journal.py). Also: the output tags every risky DoFn may emit,
 and StopRun, the error that ends a whole run.
 
 A dead letter holds what a replay needs (the payload) and never a secret: payloads
@@ -20,6 +21,7 @@ import apache_beam as beam
 
 from transforms.clients import secrets as secret_values
 from transforms.core.text import utc_now_iso
+from transforms.io import journal
 from transforms.runtime import accounting
 
 # Tag names of the outputs every risky DoFn may emit besides its main output. A stage's
@@ -88,7 +90,7 @@ def make_dead_letter(run_id: str,
     raise ValueError("unknown error class %r" % error_class)
   accounting.count_dead_letter(stage, error_class)
   now = utc_now_iso()
-  return {
+  row = {
       "run_id": run_id,
       "stage": stage,
       "vine_id": vine_id,
@@ -102,6 +104,8 @@ def make_dead_letter(run_id: str,
                             default=str) if payload is not None else None,
       "replay_of": replay_of,
   }
+  journal.made(journal.DEAD_LETTER, row)
+  return row
 
 
 def dead_letter_for_item(run_id: str, stage: str, error_class: str, error: Any, item,
@@ -111,11 +115,27 @@ def dead_letter_for_item(run_id: str, stage: str, error_class: str, error: Any, 
                           event_id=item.event_id, payload=item.to_payload(), **kwargs)
 
 
+MAX_MONITOR_ERROR_CHARS = 500
+
+
+def monitor_failed(dead: Dict[str, Any]) -> str:
+  """The seed's monitor line FAILED,{vine_id},{stage},{error_class},{error} of a dead letter.
+
+  The error is the last field (it may hold commas), on one line and cut to
+  MAX_MONITOR_ERROR_CHARS; the dead letter has the rest. Its text was scrubbed when made.
+  """
+  error = " ".join(str(dead.get("error") or "").split())[:MAX_MONITOR_ERROR_CHARS]
+  return "FAILED,%s,%s,%s,%s" % (dead.get("vine_id") or "", dead.get("stage") or "",
+                                 dead.get("error_class") or "", error)
+
+
 def make_skip(stage: str, reason: str, vine_id: Optional[str],
               event_id: Optional[str]) -> Dict[str, Any]:
   """A skipped item: terminal, with a named reason; counts `skipped_<reason>`."""
   accounting.count_skip(reason)
-  return {"stage": stage, "reason": reason, "vine_id": vine_id, "event_id": event_id}
+  row = {"stage": stage, "reason": reason, "vine_id": vine_id, "event_id": event_id}
+  journal.made(journal.SKIPPED, row)
+  return row
 
 
 def tagged(fn: beam.DoFn) -> beam.ParDo:

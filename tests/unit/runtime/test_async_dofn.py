@@ -1,13 +1,16 @@
 """AsyncDoFn under TestPipeline: elements finish out of order, yet keep their windows."""
 
 import asyncio
+import gc
+import logging
+import threading
 
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 
-from transforms.runtime.async_dofn import AsyncDoFn
+from transforms.runtime.async_dofn import AsyncDoFn, _SharedLoop, shutdown_shared_loop
 
 
 class _SlowEcho(AsyncDoFn):
@@ -36,3 +39,27 @@ def test_async_dofn_keeps_windows_and_loses_nothing():
     assert_that(sums, equal_to(expected), label="PerWindow")
     assert_that(out.odd, equal_to([x for x in range(40) if x % 2 and x != 13]), label="Odd")
     assert_that(out.failed, equal_to([(13, "boom")]), label="Failed")
+
+
+def test_shutdown_cancels_pending_calls_without_destroyed_task_errors(caplog):
+  loop = _SharedLoop.acquire()
+  started = threading.Event()
+  cancelled = threading.Event()
+
+  async def endless():
+    started.set()
+    try:
+      await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+      cancelled.set()
+      raise
+
+  asyncio.run_coroutine_threadsafe(endless(), loop)
+  assert started.wait(10)
+  shutdown_shared_loop(timeout=5)
+  assert cancelled.is_set() and loop.is_closed() and _SharedLoop._loop is None
+  gc.collect()
+  assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+  again = _SharedLoop.acquire()  # the next run starts a new loop
+  assert again is not loop and not again.is_closed()
+  _SharedLoop.release()

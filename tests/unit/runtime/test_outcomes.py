@@ -43,3 +43,14 @@ def test_making_a_skip_counts_its_reason_once():
   live = accounting.live_counts()
   assert (live["skipped_no_event"], live["skipped_up_to_date"]) == (1, 2)
   assert accounting.summarise({"vines_in": 3, **live})["balanced"]
+
+
+@pytest.mark.usefixtures("clean_tally")
+def test_failed_monitor_line_of_a_dead_letter():
+  row = dl.make_dead_letter("r", dl.STAGE_PUBLISH, dl.TRANSIENT_EXHAUSTED,
+                            "refused: ws://a: blocked,\nrate-limited " + "x" * 900, vine_id="v1")
+  line = dl.monitor_failed(row)
+  assert line.startswith("FAILED,v1,publish,transient_exhausted,refused: ws://a: blocked, rate")
+  assert "\n" not in line and line.split(",", 4)[4] == " ".join(row["error"].split())[:500]
+  assert dl.monitor_failed({"stage": "read_rows", "error_class": "bad_input", "error": None,
+                            "vine_id": None}) == "FAILED,,read_rows,bad_input,"
