@@ -43,3 +43,21 @@ def test_making_a_skip_counts_its_reason_once():
   live = accounting.live_counts()
   assert (live["skipped_no_event"], live["skipped_up_to_date"]) == (1, 2)
   assert accounting.summarise({"vines_in": 3, **live})["balanced"]
+
+
+@pytest.mark.usefixtures("clean_tally")
+def test_a_huge_payload_is_cut_to_the_cap_and_says_so():
+  line = "\u00e9\"\\x" * (8 * 1024 * 1024)  # 40 MB of JSON text once escaped, multi-byte
+  row = dl.make_dead_letter("r", dl.STAGE_READ_ROWS, dl.BAD_INPUT, "row is not valid JSON",
+                            payload={"row": line})
+  assert len(row["payload"].encode("utf-8")) <= dl.MAX_PAYLOAD_BYTES
+  stored = json.loads(row["payload"])
+  assert stored[dl.PAYLOAD_CUT] is True
+  assert stored["payload_bytes"] > 30 * 1024 * 1024
+  assert stored["head"] and json.dumps({"row": line}, ensure_ascii=False).startswith(stored["head"])
+
+
+def test_a_payload_under_the_cap_is_stored_whole():
+  payload = {"row": "x" * (dl.MAX_PAYLOAD_BYTES - 100)}
+  assert dl.cap_payload(json.dumps(payload)) == json.dumps(payload)
+  assert dl.PAYLOAD_CUT not in json.loads(dl.cap_payload(json.dumps(payload)))
