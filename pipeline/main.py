@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline import dry_run, progress
+from pipeline import dry_run, preflight, progress
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
 from pipeline.options import MODE_REPLAY, ConfigError, MigrationOptions, help_text, validate
 from transforms.clients import secrets as secret_values
@@ -127,6 +127,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     if options.view_as(StandardOptions).streaming and not opts.dead_letter_table:
       raise ConfigError("--dead-letter-table: required with --streaming (dead letters go out "
                         "with streaming inserts; local files need a bounded run)")
+    preflight.check(opts, options, opts.run_id)  # what the flags point to; the lock
   except ConfigError as exc:
     print("configuration error: %s" % exc, file=sys.stderr)
     return 2
@@ -173,6 +174,7 @@ def run(argv: Optional[List[str]] = None) -> int:
       return 1
     raise
   finally:
+    preflight.release_lock()
     if display is not None:
       display.stop(ok=finished_ok)
   finished = time.time()

@@ -284,6 +284,11 @@ def _check_bigquery_source(opts: MigrationOptions) -> None:
       raise ConfigError("%s: %r is not a valid BigQuery identifier" % (flag, value))
 
 
+def _missing_file(path: str) -> str:
+  """Why a path that must be a file is not one (pipeline/preflight.py checks the rest)."""
+  return "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+
+
 def validate(opts: MigrationOptions, environ=os.environ) -> None:
   """Fails before the pipeline starts, naming the flag or variable at fault."""
   relays = split_relays(opts.relays)
@@ -307,7 +312,7 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
   if not opts.keys_db:
     raise ConfigError("--keys-db: required (or env MIGRATION_DB)")
   if not opts.keys_db.startswith("gs://") and not os.path.isfile(opts.keys_db):
-    raise ConfigError("--keys-db: %s does not exist" % opts.keys_db)
+    raise ConfigError("--keys-db: %s %s" % (opts.keys_db, _missing_file(opts.keys_db)))
   if opts.kek and opts.kek.split(":", 1)[0] in ("env", "file"):
     from transforms.keys.crypto import KekError, load_kek  # pylint: disable=import-outside-toplevel
     try:
@@ -327,7 +332,8 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
       except ValueError as exc:
         raise ConfigError(str(exc)) from None
   if opts.events_file and not os.path.isfile(opts.events_file):
-    raise ConfigError("--events-file: %s does not exist" % opts.events_file)
+    raise ConfigError("--events-file: %s %s" % (opts.events_file,
+                                                 _missing_file(opts.events_file)))
   if opts.mode == MODE_REPLAY:
     from transforms.stages.replay import ReplayFilterError, parse_replay_filter  # pylint: disable=import-outside-toplevel
     if not opts.replay_from:
