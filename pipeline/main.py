@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline import dry_run, preflight, progress
+from pipeline import dry_run, notify, preflight, progress
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
 from pipeline.options import MODE_REPLAY, ConfigError, MigrationOptions, help_text, validate
 from transforms.clients import secrets as secret_values
@@ -130,6 +130,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     preflight.check(opts, options, opts.run_id)  # what the flags point to; the lock
   except ConfigError as exc:
     print("configuration error: %s" % exc, file=sys.stderr)
+    notify.config_error(opts, str(exc))
     return 2
   run_id = opts.run_id or new_run_id()
   run_dir = run_output_dir(opts.output_dir, run_id)
@@ -171,6 +172,7 @@ def run(argv: Optional[List[str]] = None) -> int:
         display = None
       _LOG.error("run %s stopped: %s", run_id, stop)
       print("run stopped: %s" % stop, file=sys.stderr)
+      notify.run_stopped(opts, run_id, run_dir, stop)
       return 1
     raise
   finally:
@@ -190,7 +192,9 @@ def run(argv: Optional[List[str]] = None) -> int:
   tables = [(what, name) for what, name in (("dead letters", opts.dead_letter_table),
                                             ("results", opts.results_table)) if name]
   progress.print_summary(summary, run_dir, tables)
-  return 0 if summary["balanced"] else 1
+  code = 0 if summary["balanced"] else 1
+  notify.run_finished(opts, run_id, run_dir, code)  # bounded; never changes the code
+  return code
 
 
 def _dry_run(pipeline: beam.Pipeline, options: PipelineOptions, run_id: str,

@@ -46,7 +46,8 @@ HELP_GROUPS = (
     ("publishing", "what is published, and where",
      ("--event-kind", "--publish-limit", "--min-relays", "--force-republish")),
     ("outputs", "what a run leaves behind",
-     ("--output-dir", "--dead-letter-table", "--results-table", "--run-id", "--no-progress")),
+     ("--output-dir", "--dead-letter-table", "--results-table", "--run-id", "--no-progress",
+      "--notify-url")),
     ("modes", "migrate or replay, and local workers",
      ("--mode", "--replay-from", "--replay-filter", "--workers")),
     ("streaming", "with Beam's --streaming flag",
@@ -190,6 +191,10 @@ class MigrationOptions(PipelineOptions):
                         "replacing the original event), 34236 (NIP-71 short video, what current "
                         "divine.video clients read; a second address, same key and d) or both "
                         "(published together, counted as one published vine).")
+    parser.add_argument("--notify-url", dest="notify_url", action="append", default=None,
+                        help="Webhook to POST to when the run finishes, stops, or its "
+                        "configuration is refused (repeatable; a Slack webhook gets Slack's "
+                        "text; docs/operating.md). Default: env NOTIFY_URLS, comma-separated.")
     parser.add_argument("--no-progress", dest="no_progress", action="store_true",
                         help="No live progress display (it is also off when stderr is not a "
                         "terminal).")
@@ -331,6 +336,10 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
         parse_table_spec(value, flag)
       except ValueError as exc:
         raise ConfigError(str(exc)) from None
+  from pipeline.notify import notify_urls, register_secrets  # pylint: disable=import-outside-toplevel
+  for url in notify_urls(opts):
+    check_http_url("--notify-url", url)
+  register_secrets(notify_urls(opts))  # a webhook URL holds a credential: never in a log
   if opts.events_file and not os.path.isfile(opts.events_file):
     raise ConfigError("--events-file: %s %s" % (opts.events_file,
                                                  _missing_file(opts.events_file)))
