@@ -200,7 +200,11 @@ def _alive(pid: int) -> bool:
     return False
   except PermissionError:
     return True  # someone else's process
-  return True
+  try:  # a killed run its parent has not reaped yet is a zombie: dead
+    with open("/proc/%d/stat" % pid, encoding="utf-8") as f:
+      return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+  except (OSError, IndexError):
+    return True
 
 
 def _holder(path: str) -> Optional[dict]:
