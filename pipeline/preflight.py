@@ -71,9 +71,11 @@ def check(opts: MigrationOptions, options: PipelineOptions, run_id: str = "") ->
     check_keys_db(opts.keys_db, opts.kek)
   if _remote(opts.output_dir):
     return
+  if dry_run.is_dry_run(options):  # a dry run writes nothing: no folder made, no lock
+    check_output_dir(opts.output_dir, run_id, write=False)
+    return
   check_output_dir(opts.output_dir, run_id)
-  if not dry_run.is_dry_run(options):  # a dry run writes nothing: no lock
-    acquire_lock(opts.output_dir, run_id)
+  acquire_lock(opts.output_dir, run_id)
 
 
 def _remote(path: str) -> bool:
@@ -153,28 +155,47 @@ def _count_rows(path: str) -> int:
     raise ConfigError("%s: %s is unusable (%s)" % (flag, path, text)) from None
 
 
-def check_output_dir(output_dir: str, run_id: str) -> None:
-  """`output_dir` is (or can become) a writable folder with room for the records."""
+def check_output_dir(output_dir: str, run_id: str, write: bool = True) -> None:
+  """`output_dir` is (or can become) a writable folder with room for the records.
+
+  Args:
+    output_dir: --output-dir.
+    run_id: --run-id when given, else "".
+    write: make the folder and probe it with a file; False (a dry run) only asks
+      the system (os.access) about the folder or, when absent, its nearest parent.
+  """
   flag = "--output-dir"
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
     raise ConfigError("%s: %s is a file, not a folder" % (flag, output_dir))
-  try:
-    os.makedirs(output_dir, exist_ok=True)
-  except OSError as exc:
-    raise ConfigError("%s: %s cannot be created (%s)" % (flag, output_dir, _reason(exc))) from None
-  _check_writable(flag, output_dir)
+  folder = output_dir
+  if write:
+    try:
+      os.makedirs(output_dir, exist_ok=True)
+    except OSError as exc:
+      raise ConfigError("%s: %s cannot be created (%s)"
+                        % (flag, output_dir, _reason(exc))) from None
+  else:
+    while not os.path.exists(folder) and os.path.dirname(os.path.abspath(folder)) != folder:
+      folder = os.path.dirname(os.path.abspath(folder))
+    if not os.path.isdir(folder):
+      raise ConfigError("%s: %s cannot be created: %s is a file" % (flag, output_dir, folder))
+  _check_writable(flag, folder, write)
   run_dir = os.path.join(output_dir, run_id) if run_id else ""
   if run_dir and os.path.exists(run_dir):
     if not os.path.isdir(run_dir):
       raise ConfigError("%s: the run folder %s is a file" % (flag, run_dir))
-    _check_writable(flag, run_dir)
-  free = shutil.disk_usage(output_dir).free
+    _check_writable(flag, run_dir, write)
+  free = shutil.disk_usage(folder).free
   if free < MIN_FREE_BYTES:
     raise ConfigError("%s: only %d MiB free on the disk of %s; a run's records need at least "
                       "%d MiB" % (flag, free // 2**20, output_dir, MIN_FREE_BYTES // 2**20))
 
 
-def _check_writable(flag: str, folder: str) -> None:
+def _check_writable(flag: str, folder: str, probe: bool = True) -> None:
+  if not probe:
+    if not os.access(folder, os.W_OK | os.X_OK):
+      raise ConfigError("%s: %s is not writable" % (flag, folder))
+    return
   try:
     fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
     os.close(fd)

@@ -184,3 +184,14 @@ def test_main_exits_2_naming_the_flag_without_traceback_and_without_a_call(good,
   assert code == 2 and api.requests == 0
   assert "configuration error: --keys-db: " in err and "Traceback" not in err
   assert not os.path.exists(preflight.lock_path(good["out"]))
+
+
+def test_a_dry_run_checks_the_output_dir_without_making_it_or_locking(good):
+  opts, options = _opts(good, "--dry_run=True")
+  preflight.check(opts, options, "")
+  assert not os.path.exists(good["out"])
+  path = good["tmp"] / "a_file"
+  path.write_text("x")
+  opts, options = _opts(good, "--dry_run=True", "--output-dir", str(path / "sub"))
+  with pytest.raises(ConfigError, match="--output-dir: .* is a file"):
+    preflight.check(opts, options, "")
