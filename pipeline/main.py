@@ -153,6 +153,8 @@ def run(argv: Optional[List[str]] = None) -> int:
                              workers=local_workers(options, opts.workers),
                              local=is_local_runner(options), replay=opts.mode == MODE_REPLAY)
   finished_ok = False
+  watch = notify.watch_dead_letters(opts, run_id, is_local_runner(options) and not streaming
+                                    and local_workers(options, opts.workers) == 1)
   try:
     if display is not None:
       display.start()
@@ -176,6 +178,7 @@ def run(argv: Optional[List[str]] = None) -> int:
       return 1
     raise
   finally:
+    watch.stop()
     preflight.release_lock()
     if display is not None:
       display.stop(ok=finished_ok)

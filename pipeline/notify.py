@@ -11,6 +11,9 @@ POST per event of the run:
 - `stopped`: the run stopped on a configuration error found while it ran (StopRun: the
   API refused the token, ...), with the reason;
 - `config_error`: the configuration was refused before the run (exit 2), with the message.
+- `dead_letters`: with `--notify-every-dead-letters N`, each time the run's dead letters
+  pass a multiple of N (local runs in one process: the launcher reads the live tally of
+  transforms/runtime/accounting.py; other runners send only the events above).
 
 The body is generic JSON (`event`, `run_id`, `exit_code`, `text`, ...); a Slack webhook
 (host hooks.slack.com) gets only `{"text": ...}`, which is what it accepts. Every text
@@ -49,6 +52,8 @@ TOP_FAILURES = 5
 FINISHED = "finished"
 STOPPED = "stopped"
 CONFIG_ERROR = "config_error"
+DEAD_LETTERS = "dead_letters"
+WATCH_INTERVAL_SECONDS = 2.0
 
 
 def notify_urls(opts) -> List[str]:
@@ -123,6 +128,18 @@ def stopped_body(run_id: str, run_dir: str, reason: str, exit_code: int) -> Dict
 def config_error_body(message: str) -> Dict[str, Any]:
   return {"event": CONFIG_ERROR, "exit_code": 2, "reason": message,
           "text": "vine-migration refused its configuration (exit 2): %s" % message}
+
+
+def dead_letters_body(run_id: str, counts: Dict[str, int]) -> Dict[str, Any]:
+  """A `dead_letters` body from live counts: how many so far, by class."""
+  from transforms.runtime import accounting  # pylint: disable=import-outside-toplevel
+  total = sum(v for k, v in counts.items() if k.startswith(accounting.DEAD_LETTER_PREFIX))
+  prefix = accounting.DEAD_LETTER_CLASS_PREFIX
+  classes = {k[len(prefix):]: v for k, v in sorted(counts.items()) if k.startswith(prefix)}
+  return {"event": DEAD_LETTERS, "run_id": run_id, "dead_letters": total,
+          "dead_letter_classes": classes,
+          "text": "vine-migration run %s: %d dead letters so far (%s)" % (
+              run_id, total, ", ".join("%s %d" % kv for kv in classes.items()) or "-")}
 
 
 # ---------------------------------------------------------------------------
@@ -218,3 +235,73 @@ def config_error(opts, message: str) -> Dict[str, str]:
     return {}
   register_secrets(usable)
   return send(usable, config_error_body(message))
+
+
+class DeadLetterWatch:
+  """Sends a `dead_letters` body each time the live tally passes a multiple of `every`.
+
+  Runs in its own thread (a slow webhook never slows the run); `stop()` waits for it at
+  most one sending budget.
+  """
+
+  def __init__(self, urls: Sequence[str], run_id: str, every: int, tally=None,
+               interval: float = WATCH_INTERVAL_SECONDS):
+    from transforms.runtime import accounting  # pylint: disable=import-outside-toplevel
+    self._urls, self._run_id, self._every = list(urls), run_id, max(1, every)
+    self._tally = tally or accounting.live_counts
+    self._interval = interval
+    self._sent = 0  # multiples of `every` already notified
+    self._stop = threading.Event()
+    self._thread: Optional[threading.Thread] = None
+
+  def check(self) -> bool:
+    """Sends when a new multiple was passed since the last check; True when it sent."""
+    body = dead_letters_body(self._run_id, self._tally())
+    step = body["dead_letters"] // self._every
+    if step <= self._sent:
+      return False
+    self._sent = step
+    send(self._urls, body)
+    return True
+
+  def _loop(self) -> None:
+    while not self._stop.wait(self._interval):
+      try:
+        self.check()
+      except Exception:  # pylint: disable=broad-except
+        _LOG.debug("dead-letter notification check failed", exc_info=True)
+
+  def start(self) -> "DeadLetterWatch":
+    self._thread = threading.Thread(target=self._loop, name="notify-watch", daemon=True)
+    self._thread.start()
+    return self
+
+  def stop(self) -> None:
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join(BUDGET_SECONDS)
+
+
+class _NoWatch:
+  def stop(self) -> None:
+    pass
+
+
+def watch_dead_letters(opts, run_id: str, in_process: bool):
+  """The started watch of --notify-every-dead-letters, or an object whose stop() does nothing.
+
+  Args:
+    opts: the run's options.
+    run_id: the run.
+    in_process: whether the run's counts are this process's live tally (a local run in
+      one process); elsewhere the option is ignored, with a log line saying so.
+  """
+  every = int(getattr(opts, "notify_every_dead_letters", 0) or 0)
+  urls = notify_urls(opts)
+  if not every or not urls:
+    return _NoWatch()
+  if not in_process:
+    _LOG.info("--notify-every-dead-letters: only local runs in one process can be watched; "
+              "the end of the run is notified")
+    return _NoWatch()
+  return DeadLetterWatch(urls, run_id, every).start()

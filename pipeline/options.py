@@ -47,7 +47,7 @@ HELP_GROUPS = (
      ("--event-kind", "--publish-limit", "--min-relays", "--force-republish")),
     ("outputs", "what a run leaves behind",
      ("--output-dir", "--dead-letter-table", "--results-table", "--run-id", "--no-progress",
-      "--notify-url")),
+      "--notify-url", "--notify-every-dead-letters")),
     ("modes", "migrate or replay, and local workers",
      ("--mode", "--replay-from", "--replay-filter", "--workers")),
     ("streaming", "with Beam's --streaming flag",
@@ -195,6 +195,10 @@ class MigrationOptions(PipelineOptions):
                         help="Webhook to POST to when the run finishes, stops, or its "
                         "configuration is refused (repeatable; a Slack webhook gets Slack's "
                         "text; docs/operating.md). Default: env NOTIFY_URLS, comma-separated.")
+    parser.add_argument("--notify-every-dead-letters", dest="notify_every_dead_letters",
+                        type=int, default=0,
+                        help="Also notify each time the dead letters pass a multiple of N "
+                        "(local runs in one process). Default 0: only at the end.")
     parser.add_argument("--no-progress", dest="no_progress", action="store_true",
                         help="No live progress display (it is also off when stderr is not a "
                         "terminal).")
@@ -366,7 +370,8 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
                            ("--workers", opts.workers, 1),
                            ("--min-relays", opts.min_relays, 0),
                            ("--retry-attempts", opts.retry_attempts, 1),
-                           ("--page-size", opts.page_size, 1)):
+                           ("--page-size", opts.page_size, 1),
+                           ("--notify-every-dead-letters", opts.notify_every_dead_letters, 0)):
     if value < low:
       raise ConfigError("%s: must be >= %d (got %d)" % (flag, low, value))
   if opts.min_relays > len(relays):

@@ -96,3 +96,30 @@ def test_no_url_sends_nothing(run_dir, monkeypatch):
   assert notify.run_finished(Opts(), "run1", run_dir, 0) == {}
   monkeypatch.setenv(notify.ENV_VAR, " http://127.0.0.1:1/a ,")
   assert notify.notify_urls(Opts()) == ["http://127.0.0.1:1/a"]
+
+
+def test_every_n_dead_letters_sends_once_per_multiple_passed():
+  counts = {}
+  with HttpSink() as sink:
+    watch = notify.DeadLetterWatch([sink.url], "run1", 3, tally=lambda: dict(counts))
+    sent = []
+    for migrate, sign in ((0, 0), (2, 0), (2, 1), (3, 1), (4, 3), (9, 3)):
+      counts.update({"dead_letters_migrate": migrate, "dead_letters_sign": sign,
+                     "dead_letter_class_permanent": migrate + sign})
+      sent.append(watch.check())
+  assert sent == [False, False, True, False, True, True]
+  assert [b["dead_letters"] for b in sink.bodies] == [3, 7, 12]
+  assert sink.bodies[-1]["dead_letter_classes"] == {"permanent": 12}
+
+
+def test_the_watch_is_off_without_a_count_a_url_or_one_process(monkeypatch):
+  class Opts:
+    notify_url = ["http://127.0.0.1:1/x"]
+    notify_every_dead_letters = 5
+  assert isinstance(notify.watch_dead_letters(Opts(), "r", in_process=False), notify._NoWatch)
+  Opts.notify_every_dead_letters = 0
+  assert isinstance(notify.watch_dead_letters(Opts(), "r", in_process=True), notify._NoWatch)
+  Opts.notify_every_dead_letters = 5
+  watch = notify.watch_dead_letters(Opts(), "r", in_process=True)
+  assert isinstance(watch, notify.DeadLetterWatch)
+  watch.stop()
