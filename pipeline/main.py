@@ -26,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline import dry_run, progress, run_record
+from pipeline import dry_run, notify, preflight, progress, run_record
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
 from pipeline.keys import pin_secret_versions
 from pipeline.options import MODE_REPLAY, ConfigError, MigrationOptions, help_text, validate
@@ -143,8 +143,10 @@ def run(argv: Optional[List[str]] = None) -> int:
     if not dry_run.is_dry_run(options):  # secret versions as numbers; a dry run stays offline
       for line in pin_secret_versions(opts):
         _LOG.info("secret version pinned for the workers: %s", line)
+    preflight.check(opts, options, opts.run_id)  # what the flags point to; the lock
   except ConfigError as exc:
     print("configuration error: %s" % exc, file=sys.stderr)
+    notify.config_error(opts, str(exc))
     return 2
   run_id = opts.run_id or new_run_id()
   run_dir = run_output_dir(opts.output_dir, run_id)
@@ -170,6 +172,8 @@ def run(argv: Optional[List[str]] = None) -> int:
   if not dry and not streaming and "://" not in run_dir:
     record = run_record.RunRecord(run_dir, run_id, argv).start()
   finished_ok = False
+  watch = notify.watch_dead_letters(opts, run_id, is_local_runner(options) and not streaming
+                                    and local_workers(options, opts.workers) == 1)
   try:
     if display is not None:
       display.start()
@@ -193,16 +197,21 @@ def run(argv: Optional[List[str]] = None) -> int:
       (_LOG.warning if signalled else _LOG.error)("run %s stopped: %s", run_id, stop)
       print("run stopped: %s" % stop, file=sys.stderr)
       if record is None:
-        return run_record.EXIT_STOPPED
-      return record.stop(stop, lambda summary: summary.update(run_facts(
-          argv, opts, started, time.time(), summary["counters"].get(accounting.EVENTS_PUBLISHED, 0),
-          output_files(run_dir))))
+        code = run_record.EXIT_STOPPED
+      else:
+        code = record.stop(stop, lambda summary: summary.update(run_facts(
+            argv, opts, started, time.time(),
+            summary["counters"].get(accounting.EVENTS_PUBLISHED, 0), output_files(run_dir))))
+      notify.run_stopped(opts, run_id, run_dir, stop, code)
+      return code
     if record is not None:
       record.close("failed")
     raise
   finally:
     if record is not None:
       record.disarm_signals()
+    watch.stop()
+    preflight.release_lock()
     if display is not None:
       display.stop(ok=finished_ok)
   finished = time.time()
@@ -219,7 +228,9 @@ def run(argv: Optional[List[str]] = None) -> int:
   tables = [(what, name) for what, name in (("dead letters", opts.dead_letter_table),
                                             ("results", opts.results_table)) if name]
   progress.print_summary(summary, run_dir, tables)
-  return 0 if summary["balanced"] else 1
+  code = 0 if summary["balanced"] else 1
+  notify.run_finished(opts, run_id, run_dir, code)  # bounded; never changes the code
+  return code
 
 
 def _dry_run(pipeline: beam.Pipeline, options: PipelineOptions, run_id: str,

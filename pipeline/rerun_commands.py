@@ -21,7 +21,7 @@ NOT_REPLAYABLE_STAGES = (dl.STAGE_READ_ROWS, dl.STAGE_READ_EVENTS, dl.STAGE_JOIN
 # replay reads dead letters, never rows or an events export (a replay's event reads
 # only refresh the vines it replays; an export's bad events would be counted again).
 DROPPED_FLAGS = ("--mode", "--replay-from", "--replay-filter", "--run-id", "--rows",
-                 "--events-file")
+                 "--events-file", "--notify-url")
 # Flags a replay needs, and the variable the run took each from when it was not given.
 NEEDED_FLAGS = (("--relays", "NOSTR_RELAYS", "<RELAY_URLS>"),
                 ("--migration-api", "CF_STREAM_MIGRATION_API", "<MIGRATION_API_URL>"),

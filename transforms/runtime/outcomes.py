@@ -11,7 +11,9 @@ and StopRun, the error that ends a whole run.
 A dead letter holds what a replay needs (the payload) and never a secret: payloads
 are built from WorkItem.to_payload() or from the raw public input, and every error
 text passes through `secrets.scrub` first (registered secret values, Authorization
-headers, bearer tokens and nsec keys removed).
+headers, bearer tokens and nsec keys removed). A payload is capped at MAX_PAYLOAD_BYTES:
+a larger one (a 30 MB garbage rows line) is replaced by its head and a note saying it was
+cut (`cap_payload`), so one bad input never becomes a dead letter as big as itself.
 """
 
 import json
@@ -50,6 +52,11 @@ CONFIG = "config"
 ERROR_CLASSES = (TRANSIENT_EXHAUSTED, PERMANENT, BAD_INPUT, CONFIG)
 
 MAX_ERROR_CHARS = 2000
+# The largest payload a dead letter stores, in UTF-8 bytes of its JSON text (a BigQuery
+# row is at most a few MB, and no replay payload of a real vine comes near this).
+MAX_PAYLOAD_BYTES = 256 * 1024
+# Keys of a payload that was cut (replay refuses it: it has no `event`).
+PAYLOAD_CUT = "payload_cut"
 
 # BigQuery schema of the dead-letter table; local NDJSON rows have the same fields.
 SCHEMA_FIELDS = (
@@ -100,12 +107,28 @@ def make_dead_letter(run_id: str,
       "attempts": int(attempts),
       "first_failure": first_failure or now,
       "last_failure": last_failure or first_failure or now,
-      "payload": json.dumps(payload, ensure_ascii=False, sort_keys=True,
-                            default=str) if payload is not None else None,
+      "payload": cap_payload(json.dumps(payload, ensure_ascii=False, sort_keys=True,
+                                        default=str)) if payload is not None else None,
       "replay_of": replay_of,
   }
   journal.made(journal.DEAD_LETTER, row)
   return row
+
+
+def cap_payload(text: str, limit: int = MAX_PAYLOAD_BYTES) -> str:
+  """A payload's JSON text as stored: itself, or when over `limit` bytes a note that it was cut.
+
+  The note is JSON too: {"payload_cut": true, "payload_bytes": N, "head": the first
+  characters of the original text}, the whole note within `limit` bytes.
+  """
+  size = len(text.encode("utf-8"))
+  if size <= limit:
+    return text
+  # JSON escaping at most doubles a character's bytes here (a quote or a backslash);
+  # a UTF-8 character is at most 4 bytes: a head of limit / 8 characters always fits.
+  head = text[:max(0, (limit - 200) // 8)]
+  return json.dumps({PAYLOAD_CUT: True, "payload_bytes": size, "head": head},
+                    ensure_ascii=False, sort_keys=True)
 
 
 def dead_letter_for_item(run_id: str, stage: str, error_class: str, error: Any, item,

@@ -54,3 +54,20 @@ def test_failed_monitor_line_of_a_dead_letter():
   assert "\n" not in line and line.split(",", 4)[4] == " ".join(row["error"].split())[:500]
   assert dl.monitor_failed({"stage": "read_rows", "error_class": "bad_input", "error": None,
                             "vine_id": None}) == "FAILED,,read_rows,bad_input,"
+
+
+def test_a_huge_payload_is_cut_to_the_cap_and_says_so():
+  line = "\u00e9\"\\x" * (8 * 1024 * 1024)  # 40 MB of JSON text once escaped, multi-byte
+  row = dl.make_dead_letter("r", dl.STAGE_READ_ROWS, dl.BAD_INPUT, "row is not valid JSON",
+                            payload={"row": line})
+  assert len(row["payload"].encode("utf-8")) <= dl.MAX_PAYLOAD_BYTES
+  stored = json.loads(row["payload"])
+  assert stored[dl.PAYLOAD_CUT] is True
+  assert stored["payload_bytes"] > 30 * 1024 * 1024
+  assert stored["head"] and json.dumps({"row": line}, ensure_ascii=False).startswith(stored["head"])
+
+
+def test_a_payload_under_the_cap_is_stored_whole():
+  payload = {"row": "x" * (dl.MAX_PAYLOAD_BYTES - 100)}
+  assert dl.cap_payload(json.dumps(payload)) == json.dumps(payload)
+  assert dl.PAYLOAD_CUT not in json.loads(dl.cap_payload(json.dumps(payload)))
