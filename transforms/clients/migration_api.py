@@ -254,7 +254,8 @@ class MigrationClient:
         return result
       if attempt == self.policy.max_attempts:
         break
-      delay = backoff_delay(attempt, self.policy, self._rng, outcome.retry_after)
+      delay = backoff_delay(attempt, self.policy, self._rng, outcome.retry_after,
+                            throttled=outcome.status == 429)
       _LOG.debug(
         "vine %s attempt %d: %s; retrying in %.1fs", vine_id, attempt, outcome.reason, delay
       )

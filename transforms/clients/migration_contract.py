@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, Optional
 import aiohttp
 
 from transforms.clients import secrets as secret_values
-from transforms.core.backoff import exponential_backoff
+from transforms.core.backoff import backoff_at_least
 from transforms.core.ids import HEX64_RE, OPENVINE_ID_RE, OPENVINE_ID_USABLE_RE, STREAM_UID_RE
 
 MIGRATE_PATH = "/v1/openvine/migrate"
@@ -54,25 +54,30 @@ class Outcome:
     reason: Short text safe to log (never headers or the token).
     retry_after: Seconds the server asked us to wait (429/503), or None.
     data: The parsed JSON body of a success, else None.
+    status: The HTTP status, or None when no answer arrived (timeout, reset): then the
+      call may still be running on the server.
   """
 
   kind: str
   reason: str
   retry_after: Optional[float] = None
   data: Optional[Dict[str, Any]] = None
+  status: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
-  """Retry schedule of the seed design: 5 attempts, 2-4-8-16-32 s, 60 s timeout.
+  """Retry schedule of the seed design: 5 attempts, waits of at least 2-4-8-16-32 s, 60 s timeout.
 
   Attributes:
     max_attempts: Attempts in total, the first included.
     base_delay: Delay before the second attempt; doubles per attempt.
-    max_delay: Cap of the exponential delay.
+    max_delay: Cap of the exponential delay (before jitter and the 429 factor).
     timeout: Seconds allowed for one request, body included.
     retry_after_cap: Cap applied to a server's Retry-After.
-    jitter: Whether to apply equal jitter (see `backoff_delay`).
+    jitter: Whether jitter adds to the delay (see `backoff_delay`).
+    jitter_spread: The largest jitter, as a fraction of the scheduled delay.
+    throttle_factor: A 429 without Retry-After waits this many times the delay.
   """
 
   max_attempts: int = 5
@@ -81,6 +86,8 @@ class RetryPolicy:
   timeout: float = 60.0
   retry_after_cap: float = 60.0
   jitter: bool = True
+  jitter_spread: float = 0.25
+  throttle_factor: float = 2.0
 
 
 @dataclasses.dataclass
@@ -218,23 +225,24 @@ def backoff_delay(
   policy: RetryPolicy,
   rng: Optional[random.Random] = None,
   retry_after: Optional[float] = None,
+  throttled: bool = False,
 ) -> float:
   """Seconds to wait after failed attempt number `attempt` (1-based).
 
-  The base schedule is `transforms.core.backoff.exponential_backoff`:
-  `base_delay * 2 ** (attempt - 1)` capped at `max_delay` (2, 4, 8, 16, 32 s by
-  default), with `policy.jitter` "equal jitter" `d / 2 + uniform(0, d / 2)`, so the
-  delay lies in [d/2, d] and many workers retrying together spread out without ever
-  exceeding the schedule. Only this contract adds a floor on top: a server's
-  Retry-After (429/503) is capped at `retry_after_cap` and then wins if longer:
-  `max(min(retry_after, cap), delay)`, so a throttled call never waits less than
-  asked (up to the cap).
+  The schedule is `transforms.core.backoff.backoff_at_least`: `base_delay * 2 **
+  (attempt - 1)` capped at `max_delay` (2, 4, 8, 16, 32 s by default) is a floor, and
+  `policy.jitter` adds up to `jitter_spread` of it, never less. A 429 without
+  Retry-After (`throttled`) waits `throttle_factor` times that: the server said we
+  are too fast, a 5xx only that it failed. A server's Retry-After (429/503) is capped
+  at `retry_after_cap` and then wins if longer: `max(min(retry_after, cap), delay)`,
+  so a throttled call never waits less than asked (up to the cap).
 
   Args:
     attempt: The attempt that just failed, >= 1.
     policy: The retry policy.
     rng: Random source for jitter (default: a fresh `random.Random()`).
     retry_after: Parsed Retry-After seconds, or None.
+    throttled: The attempt was answered 429.
 
   Returns:
     The delay in seconds.
@@ -244,11 +252,12 @@ def backoff_delay(
   """
   if attempt < 1:
     raise ValueError("attempt is 1-based")
-  delay = exponential_backoff(attempt, policy.base_delay, policy.max_delay,
-                              rng=rng or random.Random(), jitter=policy.jitter)
+  spread = policy.jitter_spread if policy.jitter else 0.0
+  delay = backoff_at_least(attempt, policy.base_delay, policy.max_delay,
+                           rng=rng or random.Random(), spread=spread)
   if retry_after is not None:
-    delay = max(min(retry_after, policy.retry_after_cap), delay)
-  return delay
+    return max(min(retry_after, policy.retry_after_cap), delay)
+  return delay * policy.throttle_factor if throttled else delay
 
 
 def _template_urls(uid: str, cdn_base: str) -> Dict[str, str]:
@@ -420,7 +429,7 @@ def classify(
       return Outcome("permanent", f"source missing (OpenVine answered {found.group(1)})")
   if status in (408, 425, 429) or 500 <= status < 600:
     retry_after = parse_retry_after(retry_after_header) if status in (429, 503) else None
-    return Outcome("transient", f"HTTP {status}{suffix}", retry_after=retry_after)
+    return Outcome("transient", f"HTTP {status}{suffix}", retry_after=retry_after, status=status)
   if 400 <= status < 500:
     return Outcome("permanent", f"HTTP {status}{suffix}")
   return Outcome("transient", f"unexpected HTTP {status}")
