@@ -54,15 +54,12 @@ class Outcome:
     reason: Short text safe to log (never headers or the token).
     retry_after: Seconds the server asked us to wait (429/503), or None.
     data: The parsed JSON body of a success, else None.
-    status: The HTTP status, or None when no answer arrived (timeout, reset): then the
-      call may still be running on the server.
   """
 
   kind: str
   reason: str
   retry_after: Optional[float] = None
   data: Optional[Dict[str, Any]] = None
-  status: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +103,7 @@ class MigrationResult:
     last_failure: ISO-8601 UTC time of the last failed attempt, or None.
     throttled_seconds: Seconds slept between attempts (backoff and Retry-After).
     http_status: Status of the last answer, None if the last attempt got none.
+    lookups: `GET /v1/lookup` calls made before resending a call whose answer never came.
   """
 
   vine_id: str
@@ -119,6 +117,13 @@ class MigrationResult:
   last_failure: Optional[str] = None
   throttled_seconds: float = 0.0
   http_status: Optional[int] = None
+  lookups: int = 0
+
+
+# Answers after which the call may still be running on the service: none at all (a
+# timeout, a reset) or the edge giving up on the origin. The service is not atomic, so
+# the vine is looked up before the call is sent again (reference, last section).
+ORIGIN_MAY_BE_RUNNING = frozenset({None, 502, 504, 520, 522, 524})
 
 
 def error_line(exc_or_text: Any, secrets: Iterable[str] = ()) -> str:
@@ -429,7 +434,7 @@ def classify(
       return Outcome("permanent", f"source missing (OpenVine answered {found.group(1)})")
   if status in (408, 425, 429) or 500 <= status < 600:
     retry_after = parse_retry_after(retry_after_header) if status in (429, 503) else None
-    return Outcome("transient", f"HTTP {status}{suffix}", retry_after=retry_after, status=status)
+    return Outcome("transient", f"HTTP {status}{suffix}", retry_after=retry_after)
   if 400 <= status < 500:
     return Outcome("permanent", f"HTTP {status}{suffix}")
   return Outcome("transient", f"unexpected HTTP {status}")

@@ -191,12 +191,6 @@ def test_backoff_retry_after_is_honoured_up_to_its_cap():
   assert contract.backoff_delay(1, short, retry_after=3600) == 5.0
 
 
-def test_classify_marks_429_so_that_backoff_can_tell_it_from_a_5xx():
-  assert contract.classify(429, "", None).status == 429
-  assert contract.classify(503, "", None).status == 503
-  assert contract.classify(None, None, TimeoutError()).status is None
-
-
 # ---------------------------------------------------------------------------
 # URLs, ids, sanitising.
 
