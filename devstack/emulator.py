@@ -46,7 +46,8 @@ Random faults are drawn once per migrate call in the order listed above (500, 50
 429_no_retry_after, hang, reset, malformed); the rates should add up to at most 1. Faults apply after
 the auth checks (a wrong token still gets 403) and before the body is validated.
 
-Runtime-only knobs (``--config`` or ``POST /_emulator/config``): ``thumb_404_uids``, ``thumb_garbage_uids``
+Runtime-only knobs (``--config`` or ``POST /_emulator/config``), the ``thumb_*`` ones naming uids or
+vine ids (uids are random in the real mode): ``thumb_404_uids``, ``thumb_garbage_uids``
 (200 with HTML bytes), ``thumb_truncated_uids`` (first half of the JPEG), ``thumb_bomb_uids`` (a 50 KB PNG
 declaring 20000x20000 pixels, served as image/jpeg), ``thumb_hang_uids`` (sleep --hang-seconds first),
 ``manifest_gone`` (410 for HLS/DASH manifests, as the CDN does since Oct 2025), ``fault_keyed`` (draw each

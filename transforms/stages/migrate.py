@@ -175,7 +175,13 @@ class MigrateVideoFn(AsyncDoFn):
       return self._dead(item, dl.PERMANENT, "API answered without a valid Stream uid", **timing)
     # A vine found after a call went unanswered (FOUND_AFTER_TIMEOUT) counts as migrated:
     # the unanswered call uploaded it.
-    if result.api_status == "already_migrated":
+    if result.api_status == "already_migrated" and urls["uid"] == marked_uid(item):
+      # --force-remigrate, and the service names the uid our tags carry: the migration
+      # stands; its URLs are picked as for a reuse (the API names the MP4 differently in
+      # its first and its later answers: taking them as they come would churn the tags).
+      accounting.inc(accounting.VIDEOS_ALREADY_MIGRATED)
+      migrated = reuse_migration(item, self._cdn_base)
+    elif result.api_status == "already_migrated":
       accounting.inc(accounting.VIDEOS_ALREADY_MIGRATED)
       migrated = item.replace(migration=urls)
     else:

@@ -220,7 +220,7 @@ def test_thumbnail_faults(emu):
   emu.configure(thumb_garbage_uids=[uid])
   with pytest.raises(OSError):
     Image.open(io.BytesIO(requests.get(url, timeout=10).content))
-  emu.configure(thumb_garbage_uids=[], thumb_bomb_uids=[uid])
+  emu.configure(thumb_garbage_uids=[], thumb_bomb_uids=['b9KOOWX7HUx'])  # by vine id
   with pytest.raises(Image.DecompressionBombError):
     Image.open(io.BytesIO(requests.get(url, timeout=10).content))
   emu.configure(thumb_bomb_uids=[])

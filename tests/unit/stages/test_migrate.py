@@ -86,8 +86,9 @@ OPENVINE = "1751085897568-0fd41442"
 class FakeClient:
   """The client's two calls, scripted: `lookups` answers in turn; migrate succeeds."""
 
-  def __init__(self, *lookups, migrate_delay=0.0):
+  def __init__(self, *lookups, migrate_delay=0.0, answer=("migrated", "f" * 32)):
     self.lookups, self.asked, self.migrated = list(lookups), [], []
+    self.answer = answer
     self.migrate_delay, self.in_flight, self.max_in_flight = migrate_delay, 0, 0
 
   async def lookup(self, vine_id):
@@ -103,8 +104,9 @@ class FakeClient:
     await asyncio.sleep(self.migrate_delay)
     self.in_flight -= 1
     self.migrated.append(vine_id)
-    return MigrationResult(vine_id, openvine_id, "success", attempts=1, api_status="migrated",
-                           urls={"uid": "f" * 32, "mp4": CDN + "/x.mp4"})
+    status, uid = self.answer
+    return MigrationResult(vine_id, openvine_id, "success", attempts=1, api_status=status,
+                           urls={"uid": uid, "mp4": CDN + "/x.mp4"})
 
 
 def _legacy_item(tags, openvine_id=OPENVINE):
@@ -171,9 +173,11 @@ def test_our_own_tags_are_confirmed_too_and_force_remigrate_skips_the_lookup(cle
   assert client.asked == [bare.vine_id] and out.migration == reuse_migration(bare, CDN).migration
   assert accounting.live_counts().get(accounting.EARLIER_MIGRATIONS_REUSED, 0) == 0
   forced = MigrateVideoFn("http://127.0.0.1:1", CDN, "run", max_in_flight=4, force_remigrate=True)
-  other = FakeClient()
-  _run(forced, other, bare)
+  other = FakeClient(answer=("already_migrated", UID))
+  ((again, _monitor),) = _run(forced, other, bare)
   assert other.asked == [] and other.migrated == [bare.vine_id]
+  # The service names the uid our tags carry: the URLs stay those of a reuse (no churn).
+  assert again.migration == out.migration and not again.newly_migrated
 
 
 def test_two_items_of_one_vine_never_have_calls_in_flight_at_once():
