@@ -10,16 +10,18 @@ Every run asserts the conservation check (`summary["balanced"]`).
 """
 
 import collections
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
 
-from devstack.stack import LocalStack
+from devstack.stack import LocalStack, publish_events
 from tests.support.faulty_relay import FaultyRelayProxy
 from tests.support.paths import ROOT
 from tests.support.run_checks import (
@@ -31,7 +33,7 @@ from tests.support.run_checks import (
   read_outputs,
 )
 from tests.support.runs import TOKEN_ENV, run_pipeline
-from transforms.nostr.event import first_tag_value
+from transforms.nostr.event import Signer, first_tag_value, parse_private_key
 
 pytestmark = pytest.mark.integration
 
@@ -147,6 +149,44 @@ def test_update_existing_adds_metadata_once_and_keeps_stream_urls(rerun_stack, c
   code, run_dir, summary = run_pipeline(rerun_stack, tmp_path / "b", ["--rows", str(rows)])
   assert_balanced(code, summary)
   assert summary["published"] == 0
+
+
+def _signer_of(stack, pubkey):
+  with contextlib.closing(sqlite3.connect(stack.path("keys.db"))) as conn:
+    (priv,) = conn.execute("SELECT nostr_private_key FROM user_migrations "
+                           "WHERE nostr_public_key = ?", (pubkey,)).fetchone()
+  return Signer(parse_private_key(priv))
+
+
+def test_an_earlier_tools_stream_uid_event_is_updated_without_a_migrate_call(
+    rerun_stack, clean_run, tmp_path):
+  current = next(e for e in rerun_stack.relay_events()
+                 if is_migrated(e) and first_tag_value(e["tags"], "loops") is not None)
+  vine, uid = d_tag(current), first_tag_value(current["tags"], "stream_uid")
+  # As an earlier tool wrote it: a stream_uid, not our migration tag, no metadata.
+  legacy = _signer_of(rerun_stack, current["pubkey"]).sign({
+      "kind": 32222, "created_at": current["created_at"] + 1, "content": current["content"],
+      "tags": [t for t in current["tags"] if t[0] not in ("migration", "loops")]})
+  assert publish_events(rerun_stack.relay_urls[0], [legacy]) == 1
+  with open(rerun_stack.path("openvine_ids.txt"), encoding="utf-8") as f:
+    held = [line.strip() for line in f if line.strip()]
+  rerun_stack.emulator.reset_stats()
+  rerun_stack.emulator.configure(openvine_ids=[])  # its source is gone at OpenVine now
+  try:
+    code, run_dir, summary = run_pipeline(rerun_stack, tmp_path)
+  finally:
+    rerun_stack.emulator.configure(openvine_ids=held)
+  assert_balanced(code, summary)
+  assert [r["vine_id"] for r in read_outputs(run_dir)["published"]] == [vine]
+  stats = rerun_stack.emulator.stats()
+  assert vine not in stats["migrate_calls"] and stats["lookups"] >= 1
+  assert summary["counters"]["earlier_migrations_reused"] == 1
+  assert summary["counters"]["migration_lookups"] == stats["lookups"]  # one per claimed vine
+  after = next(e for e in rerun_stack.relay_events() if d_tag(e) == vine
+               and e["pubkey"] == current["pubkey"])
+  assert ["migration", "openvine-to-stream", uid] in after["tags"]
+  assert first_tag_value(after["tags"], "stream_uid") == uid
+  assert first_tag_value(after["tags"], "loops") == first_tag_value(current["tags"], "loops")
 
 
 # ---------------------------------------------------------------------------
