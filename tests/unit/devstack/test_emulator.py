@@ -10,6 +10,7 @@ import pytest
 import requests
 from PIL import Image
 
+from devstack.emulator import parse_args
 from devstack.emulator_process import EmulatorProcess
 
 TOKEN = 'test-token'
@@ -271,3 +272,15 @@ def test_config_changes_at_runtime(emu):
   assert bad.status_code == 400
   bad = requests.post(f'{emu.url}/_emulator/config', json={'fault_503': 2}, timeout=10)
   assert bad.status_code == 400
+
+
+def test_command_line_switches_of_the_real_service(monkeypatch):
+  monkeypatch.delenv('EMULATOR_MISSING_STREAM_CREDENTIALS', raising=False)
+  _, config = parse_args(['--token', 't'])
+  assert (config['api_mode'], config['missing_stream_credentials']) == ('real', False)
+  _, config = parse_args(['--token', 't', '--api-mode', 'documented', '--missing-stream-credentials'])
+  assert (config['api_mode'], config['missing_stream_credentials']) == ('documented', True)
+  monkeypatch.setenv('EMULATOR_MISSING_STREAM_CREDENTIALS', '1')
+  assert parse_args(['--token', 't'])[1]['missing_stream_credentials'] is True
+  with pytest.raises(SystemExit):
+    parse_args(['--token', 't', '--api-mode', 'kind'])
