@@ -28,11 +28,17 @@ _UID_PATH = re.compile(r"^/([0-9a-f]{32})/(downloads|manifest)/")
 _CONTENT_PATH = re.compile(r"^/([0-9a-f]{64})\.mp4$")
 
 
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
 def _host(url: str) -> str:
+  """`host:port` of a URL (the scheme's default port when none is given), "" if unusable."""
   try:
-    return (urllib.parse.urlsplit(url).hostname or "").lower()
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
   except ValueError:
     return ""
+  return "%s:%s" % (parts.hostname.lower(), port) if parts.hostname and port else ""
 
 
 def _video_urls(tags: List[List[Any]]) -> List[str]:
@@ -50,7 +56,7 @@ def cdn_video_claim(tags: List[List[Any]], cdn_base: str) -> Optional[str]:
 
   Args:
     tags: An event's tags.
-    cdn_base: The CDN origin (`--cdn-base`); only URLs on its host count.
+    cdn_base: The CDN origin (`--cdn-base`); only URLs on its host and port count.
 
   Returns:
     The 32-hex uid of a `/{uid}/downloads/...` or `/{uid}/manifest/...` URL, or the

@@ -157,6 +157,9 @@ def test_a_claim_the_lookup_does_not_confirm_is_migrated(clean_tally):
 def test_urls_on_another_host_or_a_failed_lookup_are_no_confirmation(clean_tally):
   foreign = _legacy_item([["url", "https://elsewhere.example/%s/downloads/default.mp4" % LEGACY_UID]])
   assert earlier_claim(foreign, CDN) is None
+  other_port = _legacy_item([["url", "http://127.0.0.1:9/%s/downloads/default.mp4" % LEGACY_UID]])
+  assert earlier_claim(other_port, "http://127.0.0.1:8080") is None
+  assert earlier_claim(other_port, "http://127.0.0.1:9/") == LEGACY_UID
   client = FakeClient(api.MigrationApiError("lookup failed (HTTP 500)", 500))
   fn = MigrateVideoFn("http://127.0.0.1:1", CDN, "run", max_in_flight=4)
   _run(fn, client, foreign, _legacy_item([["stream_uid", LEGACY_UID]]))
