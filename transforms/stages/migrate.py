@@ -13,7 +13,7 @@ the run (StopRun). Counters: `migrate_calls` (requests sent, retries included),
 """
 
 import logging
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 from apache_beam.pvalue import TaggedOutput
 
@@ -34,6 +34,12 @@ from transforms.stages.earlier_migrations import confirmed_urls, earlier_claim, 
 _LOG = logging.getLogger(__name__)
 
 MIGRATE_CALLS = "migrate_calls"
+
+
+def _count_lookups(n: int) -> None:
+  # Counted once the call's outcome is known: a StopRun must come before any counter.
+  if n:
+    accounting.inc(accounting.MIGRATION_LOOKUPS, n)
 
 
 def monitor_migrated(item: WorkItem) -> str:
@@ -121,12 +127,11 @@ class MigrateVideoFn(AsyncDoFn):
     async with one_call_per_vine(item.vine_id):
       return await self._handle(item)
 
-  async def _confirmed(self, item: WorkItem) -> Optional[WorkItem]:
-    """The item with its earlier migration when the lookup confirms one, else None."""
+  async def _confirmed(self, item: WorkItem) -> Tuple[Optional[WorkItem], int]:
+    """(the item with its earlier migration when the lookup confirms one, else None; lookups)."""
     claim = earlier_claim(item, self._cdn_base)
     if not claim or self._force:
-      return None
-    accounting.inc(accounting.MIGRATION_LOOKUPS)
+      return None, 0
     try:
       found = await self._client.lookup(item.vine_id)
     except (MigrationApiError, ValueError) as exc:
@@ -135,25 +140,28 @@ class MigrateVideoFn(AsyncDoFn):
       _LOG.debug("lookup of vine %s failed: %s", item.vine_id, error_line(exc))
       found = None if not marked_uid(item) else {}
     if found is None:
-      return None
+      return None, 1
+    accounting.inc(accounting.MIGRATION_LOOKUPS)
     accounting.inc(accounting.VIDEOS_ALREADY_MIGRATED)
     accounting.inc(accounting.MIGRATIONS_REUSED)
     if marked_uid(item):
-      return reuse_migration(item, self._cdn_base)
+      return reuse_migration(item, self._cdn_base), 1
     accounting.inc(accounting.EARLIER_MIGRATIONS_REUSED)
-    return item.replace(migration=confirmed_urls(found))
+    return item.replace(migration=confirmed_urls(found)), 1
 
   async def _handle(self, item: WorkItem) -> List[Any]:
-    reused = await self._confirmed(item)
+    reused, lookups = await self._confirmed(item)
     if reused is not None:
       return [reused]
     if not item.openvine_id:
+      _count_lookups(lookups)
       return [TaggedOutput(dl.SKIPPED, dl.make_skip(dl.STAGE_MIGRATE, SKIP_NO_OPENVINE_ID,
                                                      item.vine_id, item.event_id))]
     try:
       openvine_id = validate_openvine_id(item.openvine_id, permissive=True)
     except ValueError as exc:
       shown = error_line(repr(item.openvine_id))[:80]
+      _count_lookups(lookups)
       return self._dead(item, dl.BAD_INPUT, "openvine id %s refused: %s" % (shown, exc))
     result = await self._client.migrate(item.vine_id, openvine_id)
     if result.kind == "config":
@@ -161,8 +169,7 @@ class MigrateVideoFn(AsyncDoFn):
       # stopped run never does, and would leak into the next run of the same process.
       raise StopRun("migration API: %s" % result.error)
     accounting.inc(MIGRATE_CALLS, result.attempts)
-    if result.lookups:
-      accounting.inc(accounting.MIGRATION_LOOKUPS, result.lookups)
+    _count_lookups(lookups + result.lookups)
     accounting.add_seconds(accounting.THROTTLING_SECONDS, result.throttled_seconds)
     timing = {"attempts": result.attempts, "first_failure": result.first_failure,
               "last_failure": result.last_failure}
@@ -173,8 +180,6 @@ class MigrateVideoFn(AsyncDoFn):
     urls = dict(result.urls or {})
     if not STREAM_UID_RE.match(urls.get("uid") or ""):
       return self._dead(item, dl.PERMANENT, "API answered without a valid Stream uid", **timing)
-    # A vine found after a call went unanswered (FOUND_AFTER_TIMEOUT) counts as migrated:
-    # the unanswered call uploaded it.
     if result.api_status == "already_migrated" and urls["uid"] == marked_uid(item):
       # --force-remigrate, and the service names the uid our tags carry: the migration
       # stands; its URLs are picked as for a reuse (the API names the MP4 differently in
@@ -184,7 +189,7 @@ class MigrateVideoFn(AsyncDoFn):
     elif result.api_status == "already_migrated":
       accounting.inc(accounting.VIDEOS_ALREADY_MIGRATED)
       migrated = item.replace(migration=urls)
-    else:
+    else:  # FOUND_AFTER_TIMEOUT (the lookup found it) too: the unanswered call uploaded it.
       accounting.inc(accounting.VIDEOS_MIGRATED)
       migrated = item.replace(migration=urls, newly_migrated=True)
     return [migrated, TaggedOutput(dl.MONITOR, monitor_migrated(migrated))]

@@ -151,7 +151,9 @@ def test_a_claim_the_lookup_does_not_confirm_is_migrated(clean_tally):
   fn = MigrateVideoFn("http://127.0.0.1:1", CDN, "run", max_in_flight=4)
   ((out, _monitor),) = _run(fn, client, _legacy_item([["stream_uid", LEGACY_UID]]))
   assert client.migrated == [VINE_ID] and out.migration["uid"] == "f" * 32
-  assert accounting.live_counts().get(accounting.EARLIER_MIGRATIONS_REUSED, 0) == 0
+  live = accounting.live_counts()
+  assert live.get(accounting.EARLIER_MIGRATIONS_REUSED, 0) == 0
+  assert live[accounting.MIGRATION_LOOKUPS] == 1 and live["migrate_calls"] == 1
 
 
 def test_urls_on_another_host_or_a_failed_lookup_are_no_confirmation(clean_tally):
