@@ -83,7 +83,8 @@ def build_graph(p: beam.Pipeline, opts: MigrationOptions, run_id: str,
       run_id, rows_path=opts.rows, project=opts.bigquery_project,
       dataset=opts.bigquery_dataset, raw_rows=io.raw_rows,
       temp_dataset=opts.bigquery_temp_dataset)
-  joined = (rows["main"], events["main"], events[VIDEOS]) | "JoinOnVineId" >> JoinOnVineId()
+  joined = ((rows["main"], events["main"], events[VIDEOS])
+            | "JoinOnVineId" >> JoinOnVineId(only_read_events=opts.test_mode))
   return apply_stages({dl.STAGE_MIGRATE: joined["main"]}, opts, run_id,
                       dead=[rows[dl.DEAD_LETTER], events[dl.DEAD_LETTER]],
                       skipped=[events[dl.SKIPPED], joined[dl.SKIPPED]])

@@ -190,7 +190,8 @@ class MigrationOptions(PipelineOptions):
                         help="Dead-letter a vine whose thumbnail cannot be hashed instead of "
                         "publishing it without a blurhash.")
     parser.add_argument("--test", dest="test_mode", action="store_true",
-                        help="Test mode: only the first page (500 events) of each relay.")
+                        help="Test mode: only the first page (500 events) of each relay; rows of "
+                        "vines without a read event are not judged.")
     parser.add_argument("--run-id", dest="run_id", default="",
                         help="Run id stamped on dead letters and results (default: generated).")
     parser.add_argument("--retry-attempts", dest="retry_attempts", type=int, default=5,

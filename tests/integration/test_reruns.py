@@ -11,14 +11,17 @@ Every run asserts the conservation check (`summary["balanced"]`).
 """
 
 import collections
+import contextlib
 import io
 import json
 import os
+import re
 import signal
+import sqlite3
 
 import pytest
 
-from devstack.stack import LocalStack
+from devstack.stack import LocalStack, publish_events
 from pipeline import report
 from tests.support.run_checks import (
   assert_balanced,
@@ -28,9 +31,9 @@ from tests.support.run_checks import (
   is_migrated,
   read_outputs,
 )
-from tests.support.runs import run_pipeline, signal_mid_run
+from tests.support.runs import read_ndjson, run_pipeline, signal_mid_run
 from transforms.io import journal
-from transforms.nostr.event import first_tag_value
+from transforms.nostr.event import Signer, first_tag_value, parse_private_key
 
 pytestmark = pytest.mark.integration
 
@@ -41,11 +44,22 @@ pytestmark = pytest.mark.integration
 N_RERUN, SEED_RERUN = 25, 41
 
 
+_BLURHASH = re.compile(r'"blurhash [^"]*"')
+_CONTENT_MP4 = re.compile(r"EMU/[0-9a-f]{64}\.mp4")
+
+
 def _normalised(events, emulator_url):
-  """Relay state without what differs between two runs: ids, signatures, created_at, ports."""
-  return sorted((e["pubkey"], d_tag(e), e["kind"], e["content"],
-                 json.dumps(e["tags"], ensure_ascii=False).replace(emulator_url, "EMU"))
-                for e in events)
+  """Relay state without what differs between two runs: ids, signatures, created_at, ports,
+  and what derives from a Stream uid, which the service hands out at random: the uid, the
+  blurhash of its thumbnail, and which of the MP4's two names an answer gave (the first
+  answer names it by content hash, later ones by uid; keeping tags stable across runs is
+  tested where tags are chosen)."""
+  def tags_text(event):
+    text = json.dumps(event["tags"], ensure_ascii=False).replace(emulator_url, "EMU")
+    uid = first_tag_value(event["tags"], "stream_uid")
+    text = text.replace(uid, "UID") if uid else text
+    return _CONTENT_MP4.sub("EMU/UID/downloads/default.mp4", _BLURHASH.sub('"blurhash B"', text))
+  return sorted((e["pubkey"], d_tag(e), e["kind"], e["content"], tags_text(e)) for e in events)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +129,46 @@ def test_force_republish_publishes_new_versions_without_calls(rerun_stack, clean
       previous = old[(event["pubkey"], d_tag(event))]
       assert event["created_at"] > previous["created_at"]
       assert [t for t in event["tags"]] == [t for t in previous["tags"]]
+
+
+def _signer_of(stack, pubkey):
+  with contextlib.closing(sqlite3.connect(stack.path("keys.db"))) as conn:
+    (priv,) = conn.execute("SELECT nostr_private_key FROM user_migrations "
+                           "WHERE nostr_public_key = ?", (pubkey,)).fetchone()
+  return Signer(parse_private_key(priv))
+
+
+def test_an_earlier_tools_stream_uid_event_is_updated_without_a_migrate_call(
+    rerun_stack, clean_run, tmp_path):
+  with_loops = {r["vineId"] for r in read_ndjson(rerun_stack.path("rows.ndjson"))
+                if r["loops"] is not None}
+  current = next(e for e in rerun_stack.relay_events()
+                 if is_migrated(e) and d_tag(e) in with_loops)
+  vine, uid = d_tag(current), first_tag_value(current["tags"], "stream_uid")
+  # As an earlier tool wrote it: a stream_uid, not our migration tag, no metadata.
+  legacy = _signer_of(rerun_stack, current["pubkey"]).sign({
+      "kind": 32222, "created_at": current["created_at"] + 1, "content": current["content"],
+      "tags": [t for t in current["tags"] if t[0] not in ("migration", "loops")]})
+  assert publish_events(rerun_stack.relay_urls[0], [legacy]) == 1
+  with open(rerun_stack.path("openvine_ids.txt"), encoding="utf-8") as f:
+    held = [line.strip() for line in f if line.strip()]
+  rerun_stack.emulator.reset_stats()
+  rerun_stack.emulator.configure(openvine_ids=[])  # its source is gone at OpenVine now
+  try:
+    code, run_dir, summary = run_pipeline(rerun_stack, tmp_path)
+  finally:
+    rerun_stack.emulator.configure(openvine_ids=held)
+  assert_balanced(code, summary)
+  assert [r["vine_id"] for r in read_outputs(run_dir)["published"]] == [vine]
+  stats = rerun_stack.emulator.stats()
+  assert vine not in stats["migrate_calls"] and stats["lookups"] >= 1
+  assert summary["counters"]["earlier_migrations_reused"] == 1
+  assert summary["counters"]["migration_lookups"] == stats["lookups"]  # one per claimed vine
+  after = next(e for e in rerun_stack.relay_events() if d_tag(e) == vine
+               and e["pubkey"] == current["pubkey"])
+  assert ["migration", "openvine-to-stream", uid] in after["tags"]
+  assert first_tag_value(after["tags"], "stream_uid") == uid
+  assert first_tag_value(after["tags"], "loops") == first_tag_value(current["tags"], "loops")
 
 
 def test_update_existing_adds_metadata_once_and_keeps_stream_urls(rerun_stack, clean_run,

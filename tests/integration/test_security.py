@@ -19,7 +19,6 @@ tests/unit/pipeline/test_keys.py) and the token (tests/unit/clients/test_secrets
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import sqlite3
@@ -149,14 +148,13 @@ def secured(tmp_path_factory):
   os.chmod(enc_db, 0o640)
   with open(os.path.join(data, "openvine_ids.txt"), encoding="utf-8") as f:
     held = [line.strip() for line in f if line.strip()]
-  garbage_uid = hashlib.md5(bad_thumbnail.encode()).hexdigest()  # the emulator's uid
 
   out = str(work / "out")
   runs = {}
   with RelayProcess(nip42_write=True) as relay, EmulatorProcess(
       token=TOKEN, openvine_ids=held, seed=5, fault_503=0.1, fault_reset=0.1,
       fault_malformed=0.05, always_fail_vine_ids=[always_fail],
-      thumb_garbage_uids=[garbage_uid]) as emulator:
+      thumb_garbage_uids=[bad_thumbnail]) as emulator:
     signers = {pub: Signer(priv) for pub, priv in private_keys.items()}
     refused = _publish_before_state(relay.url, data, signers)
     args = ["--relays", relay.url, "--rows", os.path.join(data, "rows.ndjson"),
