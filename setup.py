@@ -27,7 +27,7 @@ setuptools.setup(
         "cryptography>=42.0",
     ],
     extras_require={
-        "launcher": ["rich==15.0.0"],
+        "launcher": ["rich==15.0.0", "requests>=2.31"],
         "local": ["requests>=2.31", "nostr-sdk==0.45.1"],
         "test": ["pytest>=8.0", "ruff>=0.5", "pynostr==0.7.0", "blurhash==1.1.5"],
     },

@@ -1,8 +1,15 @@
 """Local HTTP emulator of the Cloudflare Stream migration service and its CDN.
 
-Behaves like the migration worker described in ``shared/reference/migration-api.md`` (both the Aug 2025 and
-the Oct 2025 response shapes), serves the CDN paths its URLs point at, and adds latency, fault injection,
-per-call counters and a control API so that tests and benchmarks can drive the pipeline against it.
+By default behaves like the service's own code when run (``shared/reference/migration-api.md``, last
+section): uids are random; the first success names the MP4 by content hash (``/{sha256}.mp4``) and every
+later answer by uid (``/{uid}/downloads/default.mp4``, without ``sha256`` or ``blossomUrl``); nothing is
+atomic (calls for one new vine that overlap each upload and each get their own uid, the last write is
+what a lookup finds); answers carry no HLS or DASH URL; the lookup answers
+``{uid, status: "uploading", mp4Url, thumbnailUrl, migratedFrom, originalUrl, vineId, sha256,
+readyToStream}``. ``--api-mode documented`` keeps the documented contract instead (one md5 uid per vine,
+every answer alike, with ``--shape aug2025`` the Aug 2025 shape with HLS/DASH URLs). The emulator serves
+the CDN paths its URLs point at, and adds latency, fault injection, per-call counters and a control API
+so that tests and benchmarks can drive the pipeline against it.
 
 Start it standalone (prints one line ``READY http://127.0.0.1:<port>`` once listening)::
 
@@ -15,8 +22,12 @@ Flags (``--help`` lists them too):
   --openvine-ids FILE           One OpenVine id per line: the videos the emulated OpenVine source holds.
   --accept-any-openvine-id      Hold every OpenVine id (benchmarks).
   --shape {oct2025,aug2025}     Success response shape (default oct2025).
+  --api-mode {real,documented}  The service's real behaviour (default) or its documented contract.
+  --missing-stream-credentials  Every new migration answers the service's 500 "Missing Stream
+                                credentials" (also EMULATOR_MISSING_STREAM_CREDENTIALS=1).
   --cdn-base URL                Host used in returned URLs (default: the emulator's own base URL).
-  --latency-ms MEAN             Mean added latency of migrate calls (default 0).
+  --latency-ms MEAN             Mean added latency of migrate calls (default 0); in the real mode it is
+                                spent uploading, between the index checks and the index writes.
   --latency-jitter-ms J         Uniform jitter: each delay is MEAN + U(-J, +J), floored at 0 (default 0).
   --cdn-latency-ms MS           Fixed added latency of CDN fetches (default 0).
   --seed N                      Seed of the fault and jitter RNG (default 0).
@@ -35,14 +46,16 @@ Random faults are drawn once per migrate call in the order listed above (500, 50
 429_no_retry_after, hang, reset, malformed); the rates should add up to at most 1. Faults apply after
 the auth checks (a wrong token still gets 403) and before the body is validated.
 
-Runtime-only knobs (``--config`` or ``POST /_emulator/config``): ``thumb_404_uids``, ``thumb_garbage_uids``
+Runtime-only knobs (``--config`` or ``POST /_emulator/config``), the ``thumb_*`` ones naming uids or
+vine ids (uids are random in the real mode): ``thumb_404_uids``, ``thumb_garbage_uids``
 (200 with HTML bytes), ``thumb_truncated_uids`` (first half of the JPEG), ``thumb_bomb_uids`` (a 50 KB PNG
 declaring 20000x20000 pixels, served as image/jpeg), ``thumb_hang_uids`` (sleep --hang-seconds first),
 ``manifest_gone`` (410 for HLS/DASH manifests, as the CDN does since Oct 2025), ``fault_keyed`` (draw each
 call's fault from its own generator seeded with ``(seed, vineId, call number)`` instead of one shared stream, so
 that which calls fail does not depend on the order concurrent calls arrive in; ``keyed_fault`` computes it).
 
-Control API (no auth): ``GET /_emulator/stats``, ``POST /_emulator/config`` (JSON object of knobs),
+Control API (no auth): ``GET /_emulator/stats`` (with ``uploads`` per vine id, ``max_in_flight`` and
+``max_in_flight_per_vine``, the high-water marks of calls in flight at once), ``POST /_emulator/config`` (JSON object of knobs),
 ``POST /_emulator/reset_stats`` (body ``{"forget_migrations": true}`` also forgets migrated videos).
 """
 # The docstring above is also the --help text. This module is the HTTP layer (API, CDN and
@@ -57,6 +70,7 @@ import json
 import os
 import re
 import signal
+import uuid
 
 from aiohttp import web
 
@@ -68,7 +82,14 @@ from devstack.emulator_faults import (
   json_error,
 )
 from devstack.emulator_media import _make_gif, _make_mp4, _make_thumbnail
-from devstack.emulator_state import CDN_KINDS, RATE_KNOBS, SHAPES, EmulatorState, normalize_config
+from devstack.emulator_state import (
+  API_MODES,
+  CDN_KINDS,
+  RATE_KNOBS,
+  SHAPES,
+  EmulatorState,
+  normalize_config,
+)
 
 OPENVINE_MEDIA = 'https://api.openvine.co/media/'
 _MEDIA_ID_RE = re.compile(r'/media/([^/?#]+)')
@@ -113,7 +134,17 @@ async def _migrate_authorized(state, request):
   body = body if isinstance(body, dict) else {}  # Like JS: [].videoId is undefined, hence a 400.
   vine_id = str(body.get('vineId') or '')
   state.migrate_calls[vine_id] += 1
-  await add_latency(state)
+  state.track_vine(vine_id, 1)
+  try:
+    return await _migrate_call(state, request, body, vine_id, parse_error)
+  finally:
+    state.track_vine(vine_id, -1)
+
+
+async def _migrate_call(state, request, body, vine_id, parse_error):
+  real = state.config['api_mode'] == 'real'
+  if not real:
+    await add_latency(state)
   fault = draw_fault(state, vine_id)
   if fault:
     response = await answer_fault(state, request, fault)
@@ -126,24 +157,37 @@ async def _migrate_authorized(state, request):
     return json_error(400, error='Missing videoId or sourceUrl')
   media_id, url = _source_id(video_id, source_url)
   sha256 = hashlib.sha256(url.encode()).hexdigest()
+  asked = {'videoId': video_id, 'vineId': vine_id}
   record = state.by_vine.get(vine_id) if vine_id else None
+  found_by = 'vine' if record else 'sha256'
   record = record or state.by_sha.get(sha256)
   if record:
     if vine_id:
       state.by_vine.setdefault(vine_id, record)
     state.already += 1
-    return web.json_response(state.body(request, 'already_migrated', record))
+    return web.json_response(
+      state.body(request, 'already_migrated', record, {**asked, 'found_by': found_by}))
   if not (state.config['accept_any_openvine_id'] or media_id in state.config['openvine_ids']):
     return json_error(
       500, error='OpenVine migration failed', message='Failed to fetch video: 404 Not Found', videoUrl=url)
-  uid = _uid_for(vine_id or url)
-  record = {'uid': uid, 'sha256': sha256, 'vineId': vine_id or None, 'videoId': media_id}
+  if state.config['missing_stream_credentials']:
+    return json_error(
+      500, error='Failed to store OpenVine video in hybrid storage',
+      errors={'stream': 'Missing Stream credentials'}, videoUrl=url)
+  if real:
+    # The upload: the service checked its indexes above and writes them only below, so
+    # calls for one vine that overlap here each upload and each get their own uid.
+    await add_latency(state)
+  uid = uuid.uuid4().hex if real else _uid_for(vine_id or url)
+  record = {'uid': uid, 'sha256': sha256, 'vineId': vine_id or None, 'videoId': media_id,
+            'sourceUrl': url}
   if vine_id:
-    state.by_vine[vine_id] = record
+    state.by_vine[vine_id] = record  # Last write wins, as in the service's KV.
   state.by_sha[sha256] = state.by_url[url] = state.uids[uid] = record
   state.migrations += 1
+  state.uploads[vine_id] += 1
   status = 'migrated' if state.config['shape'] == 'aug2025' else 'hybrid_migration_completed'
-  return web.json_response(state.body(request, status, record))
+  return web.json_response(state.body(request, status, record, asked))
 
 
 async def _lookup(request):
@@ -157,9 +201,7 @@ async def _lookup(request):
     or state.by_url.get(query.get('url', '')))
   if not record:
     return json_error(404, error='not_found')
-  return web.json_response(
-    {'uid': record['uid'], 'vineId': record['vineId'], 'sha256': record['sha256'],
-     **state.urls(request, record['uid'], record['sha256'])})
+  return web.json_response(state.lookup_body(request, record))
 
 
 _CDN_TYPES = {
@@ -198,7 +240,9 @@ async def _cdn(request):
 
 
 async def _blossom(request):
-  record = request.app[_STATE].by_sha.get(request.match_info['sha256'])
+  state = request.app[_STATE]
+  record = state.by_sha.get(request.match_info['sha256'])
+  state.cdn_fetches['content.mp4' if request.path.endswith('.mp4') else 'blossom'] += 1
   if not record:
     return json_error(404, error='not_found')
   return web.Response(body=_make_mp4(record['uid']), content_type='video/mp4')
@@ -251,6 +295,7 @@ def make_app(config):
   app.router.add_post('/_emulator/config', _configure)
   app.router.add_post('/_emulator/reset_stats', _reset_stats)
   app.router.add_get(r'/{sha256:[0-9a-f]{64}}', _blossom)
+  app.router.add_get(r'/{sha256:[0-9a-f]{64}}.mp4', _blossom)  # The first answer's mp4Url.
   app.router.add_get(r'/{uid:[0-9a-f]{32}}/{section:thumbnails|downloads|manifest}/{name}', _cdn)
   return app
 
@@ -270,6 +315,8 @@ def parse_args(argv=None):
   p.add_argument('--openvine-ids', metavar='FILE', help='File of held OpenVine ids, one a line.')
   p.add_argument('--accept-any-openvine-id', action='store_true')
   p.add_argument('--shape', choices=SHAPES, default='oct2025')
+  p.add_argument('--api-mode', choices=API_MODES, default='real')
+  p.add_argument('--missing-stream-credentials', action='store_true')
   p.add_argument('--cdn-base', default='')
   p.add_argument('--latency-ms', type=float, default=0.0)
   p.add_argument('--latency-jitter-ms', type=float, default=0.0, help='Uniform +-J around the mean.')
@@ -284,6 +331,8 @@ def parse_args(argv=None):
   args = p.parse_args(argv)
   config = {k: v for k, v in vars(args).items() if k not in ('port', 'config') and v is not None}
   config['token'] = os.environ.get('EMULATOR_TOKEN') or args.token
+  if os.environ.get('EMULATOR_MISSING_STREAM_CREDENTIALS', '') not in ('', '0'):
+    config['missing_stream_credentials'] = True
   if not config['token']:
     p.error('a token is required: set EMULATOR_TOKEN or pass --token')
   for key in ('openvine_ids', 'always_fail_vine_ids'):

@@ -2,7 +2,7 @@
 
 Migrate calls draw their fault from one seeded generator shared with the latency
 jitter (or, with ``fault_keyed``, from a generator per vine id and call number,
-see `keyed_fault`); thumbnails are broken per uid by the ``thumb_*_uids`` knobs.
+see `keyed_fault`); thumbnails are broken per uid or vine id by the ``thumb_*_uids`` knobs.
 Each `answer_*` function returns the response the fault calls for, or None when
 the request then proceeds normally (a hang, once it has slept).
 """
@@ -93,13 +93,15 @@ async def answer_thumbnail_fault(state, uid, content_type, render):
 
   Args:
     state: The EmulatorState.
-    uid: The video whose thumbnail is asked for.
+    uid: The video whose thumbnail is asked for (the knobs name it or its vine id).
     content_type: The thumbnail's usual content type, kept on the broken answers.
     render: Returns the real thumbnail bytes (the truncated fault sends half of them).
   """
   cfg = state.config
+  # Keyed by uid or by vine id: in the real mode uids are random, so tests name the vine.
+  keys = {uid, (state.uids.get(uid) or {}).get('vineId')}
   for fault in THUMB_FAULTS:
-    if uid in cfg[f'thumb_{fault}_uids']:
+    if keys & cfg[f'thumb_{fault}_uids']:
       state.faults[f'thumb_{fault}'] += 1
       if fault == '404':
         return json_error(404, error='not_found')

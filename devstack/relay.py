@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Deque, List, Optional
 
-from devstack.processes import terminate
+from devstack.processes import ROOT, child_env, terminate
 
 HOST = "127.0.0.1"
 READY_PREFIX = "READY "
@@ -128,7 +128,8 @@ class RelayProcess:
   def pid(self) -> Optional[int]:
     return self._proc.pid if self._proc is not None else None
 
-  def _command(self) -> List[str]:
+  def command(self) -> List[str]:
+    """The relay's command line (devstack/kept.py starts it detached)."""
     cmd = [sys.executable, "-m", "devstack.relay", "--port", str(self.port),
            "--max-reqs", str(self.max_reqs),
            "--notes-per-minute", str(self.notes_per_minute)]
@@ -152,15 +153,13 @@ class RelayProcess:
       return self
     if not self.port:
       self.port = free_port()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    root, env = ROOT, child_env()
     self._stderr.clear()
     deadline = time.monotonic() + self.ready_timeout
     # Right after a stop the port can still be held briefly: retry the bind.
     while True:
       proc = subprocess.Popen(
-          self._command(), cwd=root, env=env, stdin=subprocess.DEVNULL,
+          self.command(), cwd=root, env=env, stdin=subprocess.DEVNULL,
           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       self._stderr_thread = threading.Thread(
           target=self._pump_stderr, args=(proc.stderr,), daemon=True)

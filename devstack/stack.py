@@ -7,6 +7,11 @@ the run) and the emulator on 127.0.0.1, generates N realistic vines, publishes
 their "before migration" events to the relay, runs the pipeline against it all,
 checks the relay's state afterwards and stops everything. Tests use LocalStack
 directly.
+
+    python -m devstack.stack --keep            # ./run_local.sh --keep: the stack stays up
+    python -m devstack.stack --status | --down
+
+keep the relay, the emulator and their data between runs (devstack/kept.py).
 """
 
 import argparse
@@ -99,26 +104,40 @@ class LocalStack:
     return os.path.join(self.data_dir, name)
 
   def start(self) -> "LocalStack":
+    self.generate_data()
+    for index in range(self.relay_count):
+      self.relays.append(RelayProcess(lmdb=self.lmdb_dir(index)).start())
+    self.emulator = EmulatorProcess(token=self.token, openvine_ids=self.held_openvine_ids(),
+                                    **self.emulator_knobs).start()
+    self.publish_sample_events()
+    return self
+
+  def generate_data(self) -> None:
+    """The sample data under data/ (rows, events, keys, the emulator's ids, the manifest)."""
     os.makedirs(self.work_dir, exist_ok=True)
     self.manifest = sampledata.generate(self.data_dir, self.n_vines, seed=self.seed,
                                         plant_failures=self.plant_failures)
     os.chmod(self.path("keys.db"), 0o600)
-    for index in range(self.relay_count):
-      lmdb_dir = None
-      if self.lmdb:
-        lmdb_dir = os.path.join(self.work_dir, "relay%d.lmdb" % index)
-        shutil.rmtree(lmdb_dir, ignore_errors=True)
-      self.relays.append(RelayProcess(lmdb=lmdb_dir).start())
+
+  def lmdb_dir(self, index: int) -> Optional[str]:
+    """Relay `index`'s LMDB folder, emptied (None: the relay keeps events in memory)."""
+    if not self.lmdb:
+      return None
+    lmdb_dir = os.path.join(self.work_dir, "relay%d.lmdb" % index)
+    shutil.rmtree(lmdb_dir, ignore_errors=True)
+    return lmdb_dir
+
+  def held_openvine_ids(self) -> List[str]:
     with open(self.path("openvine_ids.txt"), encoding="utf-8") as f:
-      held = [line.strip() for line in f if line.strip()]
-    self.emulator = EmulatorProcess(token=self.token, openvine_ids=held,
-                                    **self.emulator_knobs).start()
+      return [line.strip() for line in f if line.strip()]
+
+  def publish_sample_events(self) -> None:
+    """The "before migration" events to every relay (the relay-refused ones to the archive)."""
     valid = split_events(self.path("events.ndjson"), self.path("archive_events.ndjson"))
     if self.publish:
       for url in self.relay_urls:
-        accepted = publish_events(url, valid)
+        accepted = publish_events(url, list(valid))
         _LOG.info("published %d sample events to %s", accepted, url)
-    return self
 
   def stop(self) -> None:
     if self.emulator:
@@ -175,9 +194,33 @@ def main(argv=None) -> int:
   parser.add_argument("--work-dir", default=".local", help="stack state (default .local)")
   parser.add_argument("--seed", type=int, default=7)
   parser.add_argument("--relays", type=int, default=1, help="relay processes (default 1)")
+  kept = parser.add_mutually_exclusive_group()
+  kept.add_argument("--keep", action="store_true",
+                    help="leave the relay, the emulator and their data up after the run, under "
+                    "WORK_DIR/stack/; a later --keep run reuses them (no new data, no new "
+                    "sample events): a re-run makes no calls for vines already done")
+  kept.add_argument("--status", action="store_true",
+                    help="say whether a kept stack is up, its URLs and how to use it (exit 0 "
+                    "when up, 1 when not)")
+  kept.add_argument("--down", action="store_true", help="stop a kept stack")
   args, pipeline_extra = parser.parse_known_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  from devstack.kept import KeptStack  # pylint: disable=import-outside-toplevel
   from pipeline import main as pipeline_main  # pylint: disable=import-outside-toplevel
+  record = KeptStack(args.work_dir, n_vines=args.n, seed=args.seed)
+  if args.status:
+    print("\n".join(record.status_lines()))
+    return 0 if record.is_up() else 1
+  if args.down:
+    stopped = record.down()
+    print("local stack down (%d processes stopped)" % len(stopped))
+    return 0
+  if args.keep:
+    return _run_kept(record, pipeline_extra, pipeline_main)
+  if record.is_up():
+    print("a kept local stack is up under %s: run with --keep to use it, or --down first "
+          "(this run would overwrite its data)" % args.work_dir, file=sys.stderr)
+    return 2
   with LocalStack(args.work_dir, n_vines=args.n, seed=args.seed, relays=args.relays,
                   lmdb=True) as stack:
     os.environ.update(stack.env())
@@ -196,6 +239,23 @@ def main(argv=None) -> int:
     if state["invalid"] or state["duplicated_addresses"]:
       print("relay state check FAILED", file=sys.stderr)
       code = code or 1
+  return code
+
+
+def _run_kept(stack, pipeline_extra: List[str], pipeline_main) -> int:
+  """One pipeline run on the kept stack (started when it is not up); the stack stays up."""
+  stack.start()
+  print("local stack %s: relay %s, emulator %s" % (
+      "reused" if stack.reused else "started (kept)", ",".join(stack.relay_urls),
+      stack.emulator.url))
+  os.environ.update(stack.env())
+  before = stack.emulator.stats()["migrate_calls_total"]
+  code = pipeline_main.run(stack.pipeline_args(extra=pipeline_extra))
+  print("emulator:        %d migrate calls in this run"
+        % (stack.emulator.stats()["migrate_calls_total"] - before))
+  print("relay state:     %s" % json.dumps(check_relay_state(stack.relay_events())))
+  print("the stack stays up:")
+  print("\n".join(stack.usage_lines()))
   return code
 
 

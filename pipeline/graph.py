@@ -84,7 +84,8 @@ def build_graph(p: beam.Pipeline, opts: MigrationOptions, run_id: str,
       run_id, rows_path=opts.rows, project=opts.bigquery_project,
       dataset=opts.bigquery_dataset, raw_rows=io.raw_rows,
       temp_dataset=opts.bigquery_temp_dataset)
-  joined = (rows["main"], events["main"], events[VIDEOS]) | "JoinOnVineId" >> JoinOnVineId()
+  joined = ((rows["main"], events["main"], events[VIDEOS])
+            | "JoinOnVineId" >> JoinOnVineId(only_read_events=opts.test_mode))
   return apply_stages({dl.STAGE_MIGRATE: joined["main"]}, opts, run_id,
                       dead=[rows[dl.DEAD_LETTER], events[dl.DEAD_LETTER]],
                       skipped=[events[dl.SKIPPED], joined[dl.SKIPPED]])
@@ -191,7 +192,8 @@ def apply_stages(entries: Dict[str, beam.PCollection], opts: MigrationOptions, r
 
   dead_all = (tuple(dead) + gathered(dl.DEAD_LETTER)) | "FlattenDeadLetters" >> beam.Flatten()
   skipped_all = (tuple(skipped) + gathered(dl.SKIPPED)) | "FlattenSkips" >> beam.Flatten()
-  monitor = gathered(dl.MONITOR) | "FlattenMonitorLines" >> beam.Flatten()
+  failed = dead_all | "FormatFailedLines" >> beam.Map(dl.monitor_failed)  # one per dead letter
+  monitor = (gathered(dl.MONITOR) + (failed,)) | "FlattenMonitorLines" >> beam.Flatten()
   return {PUBLISHED: published.main, DEAD_LETTERS: dead_all, SKIPPED: skipped_all,
           MONITOR: monitor}
 

@@ -5,13 +5,15 @@
         --keys-db keys.db --output-dir out
 
 Exit codes: 0 when the run finished and its accounting adds up; 1 when it does not
-add up or the run failed; 2 for bad configuration (the message names the flag).
+add up or the run failed; 2 for bad configuration (the message names the flag); 3 when
+the run stopped before the end (SIGINT, SIGTERM, or a configuration error found while
+running, such as a refused API token): summary.json says `stopped` and why
+(pipeline/run_record.py).
 With --dry_run=True the graph is built (and, on DataflowRunner, the job translated
 offline), the plan is printed (pipeline/dry_run.py) and nothing runs or is written: 0.
 """
 
 import datetime
-import json
 import logging
 import os
 import sys
@@ -24,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipeline import dry_run, progress
+from pipeline import dry_run, notify, preflight, progress, run_record
 from pipeline.graph import attach_bigquery_sinks, attach_local_sinks, build_graph
 from pipeline.keys import pin_secret_versions
 from pipeline.options import MODE_REPLAY, ConfigError, MigrationOptions, help_text, validate
@@ -123,7 +125,7 @@ def run_facts(argv: List[str], opts: MigrationOptions, started: float, finished:
 
 def run(argv: Optional[List[str]] = None) -> int:
   """Runs one migration; returns the process exit code."""
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  logging.basicConfig(level=logging.INFO, format=run_record.LOG_FORMAT)
   argv = list(sys.argv[1:] if argv is None else argv)
   if "-h" in argv or "--help" in argv:
     print(help_text(), end="")
@@ -141,8 +143,10 @@ def run(argv: Optional[List[str]] = None) -> int:
     if not dry_run.is_dry_run(options):  # secret versions as numbers; a dry run stays offline
       for line in pin_secret_versions(opts):
         _LOG.info("secret version pinned for the workers: %s", line)
+    preflight.check(opts, options, opts.run_id)  # what the flags point to; the lock
   except ConfigError as exc:
     print("configuration error: %s" % exc, file=sys.stderr)
+    notify.config_error(opts, str(exc))
     return 2
   run_id = opts.run_id or new_run_id()
   run_dir = run_output_dir(opts.output_dir, run_id)
@@ -164,10 +168,17 @@ def run(argv: Optional[List[str]] = None) -> int:
   display = progress.for_run(no_progress=opts.no_progress, streaming=streaming,
                              workers=local_workers(options, opts.workers),
                              local=is_local_runner(options), replay=opts.mode == MODE_REPLAY)
+  record = None  # the journal, progress file, log file and clean stop of a local bounded run
+  if not dry and not streaming and "://" not in run_dir:
+    record = run_record.RunRecord(run_dir, run_id, argv).start()
   finished_ok = False
+  watch = notify.watch_dead_letters(opts, run_id, is_local_runner(options) and not streaming
+                                    and local_workers(options, opts.workers) == 1)
   try:
     if display is not None:
       display.start()
+    if record is not None:
+      record.arm_signals()
     result = pipeline.run()
     if streaming:
       print("streaming job started (run %s); counters are on the runner's monitoring page"
@@ -182,27 +193,44 @@ def run(argv: Optional[List[str]] = None) -> int:
       if display is not None:
         display.stop(ok=False)
         display = None
-      _LOG.error("run %s stopped: %s", run_id, stop)
+      signalled = record is not None and record.stop_reason is not None
+      (_LOG.warning if signalled else _LOG.error)("run %s stopped: %s", run_id, stop)
       print("run stopped: %s" % stop, file=sys.stderr)
-      return 1
+      if record is None:
+        code = run_record.EXIT_STOPPED
+      else:
+        code = record.stop(stop, lambda summary: summary.update(run_facts(
+            argv, opts, started, time.time(),
+            summary["counters"].get(accounting.EVENTS_PUBLISHED, 0), output_files(run_dir))))
+      notify.run_stopped(opts, run_id, run_dir, stop, code)
+      return code
+    if record is not None:
+      record.close("failed")
     raise
   finally:
+    if record is not None:
+      record.disarm_signals()
+    watch.stop()
+    preflight.release_lock()
     if display is not None:
       display.stop(ok=finished_ok)
   finished = time.time()
   counters = read_counters(result)
   summary = accounting.summarise(counters)
-  summary.update({"run_id": run_id, "counters": counters})
+  summary.update({"run_id": run_id, "counters": counters, "status": run_record.FINISHED})
   # Events, not vines: with --event-kind both a vine publishes two.
   events = counters.get(accounting.EVENTS_PUBLISHED, summary["published"])
   summary.update(run_facts(argv, opts, started, finished, events,
                            output_files(run_dir)))
-  with FileSystems.create(FileSystems.join(run_dir, SUMMARY_FILE)) as f:
-    f.write(json.dumps(summary, indent=2, sort_keys=True).encode("utf-8"))
+  run_record.write_summary(run_dir, summary)
+  if record is not None:
+    record.close(run_record.FINISHED)
   tables = [(what, name) for what, name in (("dead letters", opts.dead_letter_table),
                                             ("results", opts.results_table)) if name]
   progress.print_summary(summary, run_dir, tables)
-  return 0 if summary["balanced"] else 1
+  code = 0 if summary["balanced"] else 1
+  notify.run_finished(opts, run_id, run_dir, code)  # bounded; never changes the code
+  return code
 
 
 def _dry_run(pipeline: beam.Pipeline, options: PipelineOptions, run_id: str,

@@ -42,7 +42,8 @@ HELP_GROUPS = (
     ("publishing", "what is published, and where",
      ("--event-kind", "--publish-limit", "--min-relays", "--force-republish")),
     ("outputs", "what a run leaves behind",
-     ("--output-dir", "--dead-letter-table", "--results-table", "--run-id", "--no-progress")),
+     ("--output-dir", "--dead-letter-table", "--results-table", "--run-id", "--no-progress",
+      "--notify-url", "--notify-every-dead-letters")),
     ("modes", "migrate or replay, and local workers",
      ("--mode", "--replay-from", "--replay-filter", "--workers")),
     ("streaming", "with Beam's --streaming flag",
@@ -187,7 +188,8 @@ class MigrationOptions(PipelineOptions):
                         help="Dead-letter a vine whose thumbnail cannot be hashed instead of "
                         "publishing it without a blurhash.")
     parser.add_argument("--test", dest="test_mode", action="store_true",
-                        help="Test mode: only the first page (500 events) of each relay.")
+                        help="Test mode: only the first page (500 events) of each relay; rows of "
+                        "vines without a read event are not judged.")
     parser.add_argument("--run-id", dest="run_id", default="",
                         help="Run id stamped on dead letters and results (default: generated).")
     parser.add_argument("--retry-attempts", dest="retry_attempts", type=int, default=5,
@@ -204,6 +206,14 @@ class MigrationOptions(PipelineOptions):
                         "replacing the original event), 34236 (NIP-71 short video, what current "
                         "divine.video clients read; a second address, same key and d) or both "
                         "(published together, counted as one published vine).")
+    parser.add_argument("--notify-url", dest="notify_url", action="append", default=None,
+                        help="Webhook to POST to when the run finishes, stops, or its "
+                        "configuration is refused (repeatable; a Slack webhook gets Slack's "
+                        "text; docs/operating.md). Default: env NOTIFY_URLS, comma-separated.")
+    parser.add_argument("--notify-every-dead-letters", dest="notify_every_dead_letters",
+                        type=int, default=0,
+                        help="Also notify each time the dead letters pass a multiple of N "
+                        "(local runs in one process). Default 0: only at the end.")
     parser.add_argument("--no-progress", dest="no_progress", action="store_true",
                         help="No live progress display (it is also off when stderr is not a "
                         "terminal).")
@@ -263,6 +273,11 @@ def _check_bigquery_source(opts: MigrationOptions) -> None:
       raise ConfigError("%s: %r is not a valid BigQuery identifier" % (flag, value))
 
 
+def _missing_file(path: str) -> str:
+  """Why a path that must be a file is not one (pipeline/preflight.py checks the rest)."""
+  return "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+
+
 def validate(opts: MigrationOptions, environ=os.environ) -> None:
   """Fails before the pipeline starts, naming the flag or variable at fault."""
   relays = split_relays(opts.relays)
@@ -286,7 +301,7 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
   if not opts.keys_db:
     raise ConfigError("--keys-db: required (or env MIGRATION_DB)")
   if not opts.keys_db.startswith("gs://") and not os.path.isfile(opts.keys_db):
-    raise ConfigError("--keys-db: %s does not exist" % opts.keys_db)
+    raise ConfigError("--keys-db: %s %s" % (opts.keys_db, _missing_file(opts.keys_db)))
   if opts.kek and opts.kek.split(":", 1)[0] in ("env", "file"):
     from transforms.keys.crypto import KekError, load_kek  # pylint: disable=import-outside-toplevel
     try:
@@ -311,8 +326,13 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
       temp_dataset_reference(opts.bigquery_temp_dataset)
     except ValueError as exc:
       raise ConfigError(str(exc)) from None
+  from pipeline.notify import notify_urls, register_secrets  # pylint: disable=import-outside-toplevel
+  for url in notify_urls(opts):
+    check_http_url("--notify-url", url)
+  register_secrets(notify_urls(opts))  # a webhook URL holds a credential: never in a log
   if opts.events_file and not os.path.isfile(opts.events_file):
-    raise ConfigError("--events-file: %s does not exist" % opts.events_file)
+    raise ConfigError("--events-file: %s %s" % (opts.events_file,
+                                                 _missing_file(opts.events_file)))
   if opts.mode == MODE_REPLAY:
     from transforms.stages.replay import ReplayFilterError, parse_replay_filter  # pylint: disable=import-outside-toplevel
     if not opts.replay_from:
@@ -339,7 +359,8 @@ def validate(opts: MigrationOptions, environ=os.environ) -> None:
                            ("--page-size", opts.page_size, 1),
                            ("--stream-state-ttl-days", opts.stream_state_ttl_days, 1),
                            ("--lookup-batch-size", opts.lookup_batch_size, 1),
-                           ("--lookup-max-wait", opts.lookup_max_wait, 1)):
+                           ("--lookup-max-wait", opts.lookup_max_wait, 1),
+                           ("--notify-every-dead-letters", opts.notify_every_dead_letters, 0)):
     if value < low:
       raise ConfigError("%s: must be >= %d (got %d)" % (flag, low, value))
   if opts.min_relays > len(relays):

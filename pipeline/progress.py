@@ -27,6 +27,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from transforms.core.text import utc_now_iso
 from transforms.runtime import accounting
 
 _LOG = logging.getLogger("vine_migration")
@@ -78,6 +79,20 @@ def progress_numbers(counts: Mapping[str, int]) -> Dict[str, int]:
   numbers["migrated"] = numbers["migrated_new"] + numbers["migrated_already"]
   numbers["finished"] = numbers["published"] + numbers["skipped"] + numbers["dead_lettered"]
   return numbers
+
+
+def seed_stats(counts: Mapping[str, int], started: float, now: float) -> Dict[str, object]:
+  """The seed's progress-file `stats` from counter values (pipeline/run_record.py writes them).
+
+  Args:
+    counts: Counter name -> value (the live tally).
+    started, now: Wall-clock seconds of the run's start and of this checkpoint.
+  """
+  stats: Dict[str, object] = {name: int(counts.get(name, 0)) for name in (
+      accounting.EVENTS_CHECKED, accounting.VIDEOS_MIGRATED, accounting.VIDEOS_REPUBLISHED,
+      accounting.FAILED_MIGRATIONS)}
+  stats.update(start_time=utc_now_iso(started), last_checkpoint=utc_now_iso(now))
+  return stats
 
 
 def reading_over(counts: Mapping[str, int]) -> bool:

@@ -15,28 +15,37 @@ recorded them. `--class` / `--stage` list the dead letters of a class or stage (
 narrow the replay command to them), `--vine-id` shows what happened to one vine (or
 event id) in every output file, `--recent N` the newest failures.
 
+A run that did not finish (killed, or stopped: summary.json `stopped`) is read from its
+journal (`journal/`, transforms/io/journal.py): the report says so, why when it knows,
+what the journal saw (published vines, vines sent without an answer, whose new version
+may be on a relay, dead letters, skips) and the command that completes the rest.
+
 These answer the seed's four debug recipes without jq or grep: progress (totals),
 recent failures (`--recent`), count migrated, status of one vine id (`--vine-id`).
 Missing or empty files are reported as such, never as a traceback. Paths go through
 Beam's FileSystems, so a `gs://` output directory works too. Reading the files and
-the questions are pure functions in pipeline/run_outputs.py; this module builds the
-replay command, prints and parses the command line.
+the questions are pure functions in pipeline/run_outputs.py, the replay and re-run
+commands are built in pipeline/rerun_commands.py; this module prints and parses the
+command line.
 """
 
 import argparse
 import json
 import logging
 import os
-import shlex
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
+from pipeline.rerun_commands import (  # noqa: F401 (strip_flags: part of this module's API)
+  replay_command,
+  strip_flags,
+  unfinished,
+)
 from pipeline.run_outputs import (
   OUTPUT_FILES,
   ReportError,
   RunOutputs,
   find_run_dir,
-  join_path,
   load_run,
   migrated_counts,
   recent_failures,
@@ -45,144 +54,13 @@ from pipeline.run_outputs import (
   totals,
   vine_status,
 )
-from transforms.clients.secrets import TOKEN_ENV_VAR
-from transforms.io.local_files import DEAD_LETTERS_FILE, SUMMARY_FILE
+from transforms.io.local_files import SUMMARY_FILE
 from transforms.runtime import outcomes as dl
 
 _LOG = logging.getLogger(__name__)
 
-# Stages whose dead letters a replay cannot run (transforms/stages/replay.py ENTRY_STAGE).
-NOT_REPLAYABLE_STAGES = (dl.STAGE_READ_ROWS, dl.STAGE_READ_EVENTS, dl.STAGE_JOIN)
-# Flags of the original run a replay must not repeat, with whether they take a value:
-# the mode and its inputs are the replay's own, a run id is generated per run, and a
-# replay reads dead letters, never rows or an events export (a replay's event reads
-# only refresh the vines it replays; an export's bad events would be counted again).
-DROPPED_FLAGS = ("--mode", "--replay-from", "--replay-filter", "--run-id", "--rows",
-                 "--events-file")
-# Flags a replay needs, and the variable the run took each from when it was not given.
-NEEDED_FLAGS = (("--relays", "NOSTR_RELAYS", "<RELAY_URLS>"),
-                ("--migration-api", "CF_STREAM_MIGRATION_API", "<MIGRATION_API_URL>"),
-                ("--cdn-base", "CDN_BASE", "<CDN_BASE>"),
-                ("--keys-db", "MIGRATION_DB", "<KEYS_DB>"),
-                ("--kek", "MIGRATION_KEK_SPEC", None),
-                ("--token-secret", "TOKEN_SECRET", None))
-PATH_FLAGS = ("--keys-db", "--output-dir")
 PIPED_WIDTH = 140
 WRAPPED_COLUMNS = ("message", "error", "count")  # the others never wrap
-
-
-# ---------------------------------------------------------------------------
-# The replay command.
-
-
-def _flag_value(argv: Sequence[str], flag: str) -> Optional[str]:
-  value = None
-  for index, arg in enumerate(argv):
-    if arg == flag and index + 1 < len(argv):
-      value = argv[index + 1]
-    elif arg.startswith(flag + "="):
-      value = arg[len(flag) + 1:]
-  return value
-
-
-def strip_flags(argv: Sequence[str], flags: Sequence[str] = DROPPED_FLAGS) -> List[str]:
-  """argv without `flags` and their values (`--flag value` and `--flag=value`).
-
-  Leading words that are not flags (a program name) are dropped too.
-  """
-  args = list(argv)
-  while args and not args[0].startswith("-"):
-    args.pop(0)
-  out, skip = [], False
-  for arg in args:
-    if skip:
-      skip = False
-      continue
-    if arg in flags:
-      skip = True
-      continue
-    if any(arg.startswith(flag + "=") for flag in flags):
-      continue
-    out.append(arg)
-  return out
-
-
-def replay_filter_text(error_class: Optional[str] = None, stage: Optional[str] = None) -> str:
-  """The --replay-filter value for a class and/or stage (see transforms/stages/replay.py)."""
-  parts = []
-  if stage:
-    parts.append("stage=" + stage)
-  if error_class:
-    parts.append("error_class=" + error_class)
-  return ",".join(parts)
-
-
-def _absolute(path: str) -> str:
-  return path if "://" in path else os.path.abspath(path)
-
-
-def replay_command(run: RunOutputs, error_class: Optional[str] = None,
-                   stage: Optional[str] = None) -> Dict[str, Any]:
-  """The command that replays the run's dead letters, and what the reader must know.
-
-  Built from summary.json `argv` (the run's own flags, minus those a replay sets or
-  does not read: DROPPED_FLAGS) when the run recorded it, else with placeholders.
-
-  Returns:
-    {"argv": list, "command": str, "from_run_flags": bool, "replayable": int,
-    "notes": [str]}.
-  """
-  run_dir = _absolute(run.run_dir)
-  dead_file = join_path(run_dir, DEAD_LETTERS_FILE)
-  head = ["python", "-m", "pipeline.main", "--mode", "replay", "--replay-from", dead_file]
-  flt = replay_filter_text(error_class, stage)
-  if flt:
-    head += ["--replay-filter", flt]
-  notes = []
-  recorded = (run.summary or {}).get("argv")
-  parent = run_dir[:run_dir.rstrip("/").rfind("/")] or "/"
-  if isinstance(recorded, list) and all(isinstance(a, str) for a in recorded):
-    rest = strip_flags(recorded)
-    for flag, env, _ in NEEDED_FLAGS:
-      if _flag_value(rest, flag) is None and env in ("NOSTR_RELAYS", "CF_STREAM_MIGRATION_API",
-                                                     "MIGRATION_DB"):
-        notes.append("the run took %s from env %s: set it the same way" % (flag, env))
-    if _flag_value(rest, "--output-dir") is None:
-      rest += ["--output-dir", parent]
-    for flag in PATH_FLAGS:
-      value = _flag_value(rest, flag)
-      if value and "://" not in value and not os.path.isabs(value):
-        notes.append("%s %s is relative to the directory the run started in" % (flag, value))
-    from_run = True
-  else:
-    rest = []
-    for flag, _, placeholder in NEEDED_FLAGS:
-      if placeholder:
-        rest += [flag, placeholder]
-    rest += ["--output-dir", parent]
-    kind = (run.summary or {}).get("event_kind")
-    if kind:
-      rest += ["--event-kind", str(kind)]
-    rest += ["[--kek <KEK_SPEC>]"]
-    notes.append("summary.json has no argv (the run did not record its flags): replace the "
-                 "<PLACEHOLDERS> with the original run's values and add its other flags")
-    from_run = False
-  if _flag_value(rest, "--token-secret") is None:
-    notes.append("the API token comes from env %s (or --token-secret)" % TOKEN_ENV_VAR)
-  chosen = select_dead(run.dead, error_class, stage)
-  replayable = [d for d in chosen if d["stage"] not in NOT_REPLAYABLE_STAGES]
-  if len(replayable) < len(chosen):
-    unreplayable = len(chosen) - len(replayable)
-    notes.append("%d dead letter%s of the read stages %s not replayable (skipped "
-                 "not_replayable): fix the source and re-run the job"
-                 % (unreplayable, "" if unreplayable == 1 else "s",
-                    "is" if unreplayable == 1 else "are"))
-  if not chosen:
-    notes.append("no dead letters%s: nothing to replay" % (" match " + flt if flt else ""))
-  argv = head + rest
-  command = " ".join(a if a.startswith("[") else shlex.quote(a) for a in argv)
-  return {"argv": [a for a in argv if not a.startswith("[")], "command": command,
-          "from_run_flags": from_run, "replayable": len(replayable), "notes": notes}
 
 
 # ---------------------------------------------------------------------------
@@ -195,7 +73,7 @@ def build_report(run: RunOutputs, error_class: Optional[str] = None, stage: Opti
   """Everything the command line asked for, as plain data."""
   report: Dict[str, Any] = {
       "run_id": run.run_id, "run_dir": run.run_dir, "missing_files": list(run.missing),
-      "unreadable_lines": dict(run.bad_lines),
+      "unreadable_lines": dict(run.bad_lines), "unfinished": unfinished(run),
   }
   if vine_id:
     report["vine"] = vine_status(run, vine_id)
@@ -209,7 +87,8 @@ def build_report(run: RunOutputs, error_class: Optional[str] = None, stage: Opti
     report["recent_failures"] = recent_failures(run.dead, recent)
   if not (error_class or stage or recent):
     report["top_errors"] = top_errors(run.dead, top)
-  report["replay"] = replay_command(run, error_class, stage)
+  if not run.from_journal:  # else there is no dead_letters.ndjson to replay: re-run instead
+    report["replay"] = replay_command(run, error_class, stage)
   return report
 
 
@@ -295,9 +174,11 @@ def _json_inline(value: Dict[str, Any]) -> str:
 def render(report: Dict[str, Any], out: PlainOut) -> None:
   """Writes a report built by build_report."""
   out.line("run %s  (%s)" % (report["run_id"], report["run_dir"]))
+  if report.get("unfinished"):
+    _render_unfinished(report["unfinished"], out)
   for name in report["missing_files"]:
     why = (" (the run crashed or is still running: totals come from the other files)"
-           if name == SUMMARY_FILE else "")
+           if name == SUMMARY_FILE and not report.get("unfinished") else "")
     out.line("missing: %s%s" % (name, why))
   for name, count in report["unreadable_lines"].items():
     out.line("unreadable: %d lines of %s are not JSON objects (skipped)" % (count, name))
@@ -328,12 +209,38 @@ def render(report: Dict[str, Any], out: PlainOut) -> None:
       out.table(("count", "stage", "class", "message", "example vine id"),
                 [(g["count"], g["stage"], g["error_class"], _short(g["message"]),
                   g["example_vine_id"] or g["example_event_id"]) for g in rows])
-  _render_replay(report["replay"], out)
+  if "replay" in report:
+    _render_replay(report["replay"], out)
+
+
+def _render_unfinished(info: Dict[str, Any], out: PlainOut) -> None:
+  if info["status"] == "stopped":
+    out.heading("The run stopped before the end: %s" % (info["reason"] or "reason unknown"))
+  else:
+    out.heading("The run did not finish (killed, or still running)")
+  if not info["journal"]:
+    out.line("no journal: nothing recorded what it did")
+  else:
+    out.table(("journal", ""), [
+        ("started", info["started_at"] or "-"), ("last record", info["last_record_at"] or "-"),
+        ("published", info["published"]),
+        ("sent without an answer", "%d (their new version may be on a relay)"
+         % len(info["in_doubt"])),
+        ("not published", info["not_published"]), ("dead letters", info["dead_letters"]),
+        ("skipped", info["skipped"])])
+    if info["in_doubt"]:
+      out.line("sent without an answer: " + ", ".join(info["in_doubt"]))
+  out.line("Re-run the same command to complete the rest: it resumes from the relays' state "
+           "(vines already published are up to date and are not published again).")
+  if info["rerun"]:
+    out.line(info["rerun"])
 
 
 def _render_totals(tot: Dict[str, Any], migrated: Dict[str, Any], out: PlainOut) -> None:
   out.heading("Totals (from %s)" % tot["source"])
-  balanced = {True: "OK", False: "DOES NOT ADD UP", None: "unknown (no summary.json)"}
+  balanced = {True: "OK", False: "DOES NOT ADD UP",
+              None: "unknown (no summary.json)" if tot["source"] != SUMMARY_FILE
+              else "not checked (the run stopped)"}
   rows = [("vines in", "-" if tot["vines_in"] is None else tot["vines_in"]),
           ("published", tot["published"]),
           ("skipped", "%d  (%s)" % (sum(tot["skipped"].values()), _json_inline(tot["skipped"]))),
@@ -424,7 +331,7 @@ def main(argv: Optional[Sequence[str]] = None, stream=None) -> int:
   except ReportError as exc:
     print("report: %s" % exc, file=sys.stderr)
     return 1
-  if len(run.missing) == len(OUTPUT_FILES):
+  if len(run.missing) == len(OUTPUT_FILES) and run.journal is None:
     print("report: %s holds no output files: the run stopped before writing them (see its "
           "console output)" % run_dir, file=sys.stderr)
     return 1

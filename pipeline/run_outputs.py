@@ -16,16 +16,21 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.io import journal
 from transforms.io.local_files import (
   DEAD_LETTERS_FILE,
   MONITOR_FILE,
+  PROGRESS_FILE,
   PUBLISHED_FILE,
+  RUN_LOG_FILE,
   SKIPPED_FILE,
   SUMMARY_FILE,
 )
 from transforms.runtime.accounting import SEED_STATS
 
 OUTPUT_FILES = (SUMMARY_FILE, DEAD_LETTERS_FILE, SKIPPED_FILE, PUBLISHED_FILE, MONITOR_FILE)
+# Files a run writes while it goes (pipeline/run_record.py): they mark a run folder too.
+RECORD_FILES = (PROGRESS_FILE, RUN_LOG_FILE)
 
 TIMING_KEYS = ("started_at", "finished_at", "seconds", "events_per_second", "event_kind")
 
@@ -61,6 +66,9 @@ class RunOutputs:
     monitor: lines of monitor.log.
     missing: output files that are not there.
     bad_lines: {file: lines that are not JSON objects}.
+    journal: what the run's journal saw (transforms/io/journal.py what_it_saw), or None.
+    from_journal: the dead letters, skips and published vines come from the journal (the
+      run did not write its files).
   """
 
   run_dir: str
@@ -71,6 +79,13 @@ class RunOutputs:
   monitor: List[str] = dataclasses.field(default_factory=list)
   missing: List[str] = dataclasses.field(default_factory=list)
   bad_lines: Dict[str, int] = dataclasses.field(default_factory=dict)
+  journal: Optional[Dict[str, Any]] = None
+  from_journal: bool = False
+
+  @property
+  def finished(self) -> bool:
+    """Whether the run says it finished (a summary that is not `stopped`)."""
+    return self.summary is not None and self.summary.get("status", "finished") == "finished"
 
   @property
   def run_id(self) -> str:
@@ -107,7 +122,8 @@ def _read_text(path: str) -> Optional[str]:
 
 
 def is_run_dir(path: str) -> bool:
-  return any(_exists(join_path(path, name)) for name in OUTPUT_FILES)
+  return any(_exists(join_path(path, name))
+             for name in OUTPUT_FILES + RECORD_FILES + (journal.JOURNAL_DIR,))
 
 
 def list_runs(output_dir: str) -> List[Tuple[str, float]]:
@@ -117,7 +133,7 @@ def list_runs(output_dir: str) -> List[Tuple[str, float]]:
   written last); equal times fall back to the run id, which starts with its UTC start.
   """
   newest: Dict[str, float] = {}
-  patterns = [join_path(output_dir, "*", name) for name in OUTPUT_FILES]
+  patterns = [join_path(output_dir, "*", name) for name in OUTPUT_FILES + RECORD_FILES]
   try:
     results = FileSystems.match(patterns)
   except Exception:  # pylint: disable=broad-except
@@ -213,7 +229,24 @@ def load_run(run_dir: str) -> RunOutputs:
     run.missing.append(MONITOR_FILE)
   else:
     run.monitor = [line for line in text.splitlines() if line.strip()]
+  _read_journal(run)
   return run
+
+
+def _read_journal(run: RunOutputs) -> None:
+  """Adds the journal of a local run; its records stand in for the files the run never wrote."""
+  if "://" in run.run_dir or not os.path.isdir(join_path(run.run_dir, journal.JOURNAL_DIR)):
+    return
+  records, bad = journal.read_journal(run.run_dir)
+  if bad:
+    run.bad_lines[journal.JOURNAL_DIR] = bad
+  run.journal = journal.what_it_saw(records)
+  if run.finished or DEAD_LETTERS_FILE not in run.missing:
+    return
+  run.from_journal = True
+  run.dead = [dict(r) for r in run.journal["dead_letters"]]
+  run.skipped = [dict(r) for r in run.journal["skipped"]]
+  run.published = [dict(r) for r in run.journal["published"].values()]
 
 
 # ---------------------------------------------------------------------------
@@ -241,13 +274,13 @@ def totals(run: RunOutputs) -> Dict[str, Any]:
   if summary is None:
     published = len(run.published)
     dead_sum = len(run.dead) + sum(files_skipped.values()) + published
-    return {"source": "files", "vines_in": None, "published": published,
+    return {"source": "journal" if run.from_journal else "files", "vines_in": None, "published": published,
             "skipped": files_skipped, "dead_lettered": files_dead,
             "dead_letter_classes": classes, "balanced": None, "accounted": dead_sum,
             "stats": {}, "timing": {}, "checks": checks}
   counters = summary.get("counters") or {}
   dead_by_stage = dict(summary.get("dead_lettered") or {})
-  if DEAD_LETTERS_FILE not in run.missing and files_dead != dead_by_stage:
+  if run.finished and DEAD_LETTERS_FILE not in run.missing and files_dead != dead_by_stage:
     checks.append("dead letters by stage: summary.json says %s, %s holds %s"
                   % (json.dumps(dead_by_stage), DEAD_LETTERS_FILE, json.dumps(files_dead)))
   if PUBLISHED_FILE not in run.missing and len(run.published) != summary.get("published"):

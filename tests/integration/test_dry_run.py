@@ -26,7 +26,7 @@ DEAD_LETTER_TABLE = "%s:vine_migration.dead_letters" % PROJECT
 RESULTS_TABLE = "%s:vine_migration.results" % PROJECT
 STAGES = ["CapMigrateCalls", "MigrateVideo", "CheckpointMigrated", "ComputeBlurhash",
           "BuildVideoEvent", "SignEvent", "CapPublishes", "PublishEvents"]
-GATHER = ["FlattenDeadLetters", "FlattenSkips", "FlattenMonitorLines"]
+GATHER = ["FlattenDeadLetters", "FlattenSkips", "FormatFailedLines", "FlattenMonitorLines"]
 LOCAL_SINKS = ["WriteDeadLetters", "WriteSkips", "WriteResults", "WriteMonitorLog"]
 
 

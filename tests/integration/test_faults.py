@@ -10,7 +10,7 @@ Every run asserts the conservation check (`summary["balanced"]`).
 """
 
 import collections
-import hashlib
+import glob
 import json
 import os
 
@@ -19,6 +19,7 @@ import pytest
 from devstack.emulator_faults import keyed_fault
 from devstack.emulator_state import normalize_config
 from devstack.stack import LocalStack
+from pipeline.run_record import EXIT_STOPPED
 from tests.support.run_checks import (
   assert_balanced,
   assert_relay_consistent,
@@ -42,10 +43,6 @@ FAULT_SEED = 23
 THUMB_FAULTS = ("404", "garbage", "truncated", "bomb", "hang")
 
 
-def _uid(vine_id):
-  return hashlib.md5(vine_id.encode()).hexdigest()  # the emulator's deterministic uid
-
-
 @pytest.fixture(scope="module")
 def api_stack(tmp_path_factory):
   knobs = dict(FAULT_RATES, seed=FAULT_SEED, fault_keyed=True, retry_after=1, hang_seconds=12)
@@ -66,11 +63,17 @@ def wrong_token_run(api_stack, tmp_path_factory):
 
 def test_refused_token_stops_the_run_at_once_naming_the_token(wrong_token_run):
   code, err, run_dir, seconds, before, after, stats = wrong_token_run
-  assert code == 1
+  assert code == EXIT_STOPPED
   assert "run stopped" in err and TOKEN_ENV in err and "HTTP 403" in err
-  # No dead-letter flood and nothing published: the run wrote no outputs at all.
+  # No dead-letter flood and nothing published: a clean stop, with its record.
   assert read_outputs(run_dir) == {"dead_letters": [], "skipped": [], "published": []}
-  assert not os.path.exists(os.path.join(run_dir, "summary.json"))
+  with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+    summary = json.load(f)
+  assert summary["status"] == "stopped" and "HTTP 403" in summary["stop_reason"]
+  assert summary["published"] == 0 and summary["balanced"] is None
+  assert not glob.glob(os.path.join(run_dir, "beam-temp-*"))
+  # Nothing logged as an error that is not one: no pending task destroyed, no traceback.
+  assert "Task was destroyed" not in err and "Traceback" not in err
   assert after == before
   # At most one window of --api-limit (20) calls was in flight when the first 403 came back.
   assert 1 <= stats["auth_refused"]["403"] <= 20
@@ -84,7 +87,7 @@ def fault_run(api_stack, wrong_token_run, tmp_path_factory):
   thumb = dict(zip(THUMB_FAULTS, vids[1:1 + len(THUMB_FAULTS)]))
   api_stack.emulator.reset_stats()
   api_stack.emulator.configure(always_fail_vine_ids=[always_fail],
-                               **{"thumb_%s_uids" % k: [_uid(v)] for k, v in thumb.items()})
+                               **{"thumb_%s_uids" % k: [v] for k, v in thumb.items()})
   config = normalize_config(dict(FAULT_RATES, seed=FAULT_SEED, always_fail_vine_ids=[always_fail]))
   predicted, kinds = {}, collections.Counter()
   for vid in vids:

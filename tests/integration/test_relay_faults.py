@@ -15,6 +15,7 @@ import pytest
 
 from devstack.relay import RelayProcess, free_port
 from devstack.stack import LocalStack
+from pipeline.run_record import EXIT_STOPPED
 from tests.support.faulty_relay import FaultyRelayProxy
 from tests.support.run_checks import (
   assert_balanced,
@@ -231,5 +232,5 @@ def test_no_readable_relay_stops_the_run(relay_stack, tmp_path_factory):
   dead_url = "ws://127.0.0.1:%d" % free_port()
   code, err, run_dir, _ = run_with_token(relay_stack, tmp_path_factory.mktemp("out"),
                                          relay_stack.token, ["--relays", dead_url])
-  assert code == 1 and "no relay could be read" in err and dead_url in err
+  assert code == EXIT_STOPPED and "no relay could be read" in err and dead_url in err
   assert read_outputs(run_dir)["skipped"] == []

@@ -3,25 +3,26 @@
 Two local stacks of the same sample data, module-scoped:
 
 * Re-runs: incremental, --force-remigrate, --force-republish, update-existing.
-* A crash: `python -m pipeline.main` killed mid-run, then a plain re-run; the relay
-  ends as after a clean run.
+* A crash: `python -m pipeline.main` killed mid-run: its journal names every vine that
+  reached the relay and `pipeline.report` reads it; then a plain re-run, which publishes
+  none of them again, and the relay ends as after a clean run.
 
 Every run asserts the conservation check (`summary["balanced"]`).
 """
 
 import collections
+import contextlib
+import io
 import json
 import os
+import re
 import signal
-import subprocess
-import sys
-import time
+import sqlite3
 
 import pytest
 
-from devstack.stack import LocalStack
-from tests.support.faulty_relay import FaultyRelayProxy
-from tests.support.paths import ROOT
+from devstack.stack import LocalStack, publish_events
+from pipeline import report
 from tests.support.run_checks import (
   assert_balanced,
   assert_relay_consistent,
@@ -30,8 +31,9 @@ from tests.support.run_checks import (
   is_migrated,
   read_outputs,
 )
-from tests.support.runs import TOKEN_ENV, run_pipeline
-from transforms.nostr.event import first_tag_value
+from tests.support.runs import read_ndjson, run_pipeline, signal_mid_run
+from transforms.io import journal
+from transforms.nostr.event import Signer, first_tag_value, parse_private_key
 
 pytestmark = pytest.mark.integration
 
@@ -42,11 +44,22 @@ pytestmark = pytest.mark.integration
 N_RERUN, SEED_RERUN = 25, 41
 
 
+_BLURHASH = re.compile(r'"blurhash [^"]*"')
+_CONTENT_MP4 = re.compile(r"EMU/[0-9a-f]{64}\.mp4")
+
+
 def _normalised(events, emulator_url):
-  """Relay state without what differs between two runs: ids, signatures, created_at, ports."""
-  return sorted((e["pubkey"], d_tag(e), e["kind"], e["content"],
-                 json.dumps(e["tags"], ensure_ascii=False).replace(emulator_url, "EMU"))
-                for e in events)
+  """Relay state without what differs between two runs: ids, signatures, created_at, ports,
+  and what derives from a Stream uid, which the service hands out at random: the uid, the
+  blurhash of its thumbnail, and which of the MP4's two names an answer gave (the first
+  answer names it by content hash, later ones by uid; keeping tags stable across runs is
+  tested where tags are chosen)."""
+  def tags_text(event):
+    text = json.dumps(event["tags"], ensure_ascii=False).replace(emulator_url, "EMU")
+    uid = first_tag_value(event["tags"], "stream_uid")
+    text = text.replace(uid, "UID") if uid else text
+    return _CONTENT_MP4.sub("EMU/UID/downloads/default.mp4", _BLURHASH.sub('"blurhash B"', text))
+  return sorted((e["pubkey"], d_tag(e), e["kind"], e["content"], tags_text(e)) for e in events)
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +131,46 @@ def test_force_republish_publishes_new_versions_without_calls(rerun_stack, clean
       assert [t for t in event["tags"]] == [t for t in previous["tags"]]
 
 
+def _signer_of(stack, pubkey):
+  with contextlib.closing(sqlite3.connect(stack.path("keys.db"))) as conn:
+    (priv,) = conn.execute("SELECT nostr_private_key FROM user_migrations "
+                           "WHERE nostr_public_key = ?", (pubkey,)).fetchone()
+  return Signer(parse_private_key(priv))
+
+
+def test_an_earlier_tools_stream_uid_event_is_updated_without_a_migrate_call(
+    rerun_stack, clean_run, tmp_path):
+  with_loops = {r["vineId"] for r in read_ndjson(rerun_stack.path("rows.ndjson"))
+                if r["loops"] is not None}
+  current = next(e for e in rerun_stack.relay_events()
+                 if is_migrated(e) and d_tag(e) in with_loops)
+  vine, uid = d_tag(current), first_tag_value(current["tags"], "stream_uid")
+  # As an earlier tool wrote it: a stream_uid, not our migration tag, no metadata.
+  legacy = _signer_of(rerun_stack, current["pubkey"]).sign({
+      "kind": 32222, "created_at": current["created_at"] + 1, "content": current["content"],
+      "tags": [t for t in current["tags"] if t[0] not in ("migration", "loops")]})
+  assert publish_events(rerun_stack.relay_urls[0], [legacy]) == 1
+  with open(rerun_stack.path("openvine_ids.txt"), encoding="utf-8") as f:
+    held = [line.strip() for line in f if line.strip()]
+  rerun_stack.emulator.reset_stats()
+  rerun_stack.emulator.configure(openvine_ids=[])  # its source is gone at OpenVine now
+  try:
+    code, run_dir, summary = run_pipeline(rerun_stack, tmp_path)
+  finally:
+    rerun_stack.emulator.configure(openvine_ids=held)
+  assert_balanced(code, summary)
+  assert [r["vine_id"] for r in read_outputs(run_dir)["published"]] == [vine]
+  stats = rerun_stack.emulator.stats()
+  assert vine not in stats["migrate_calls"] and stats["lookups"] >= 1
+  assert summary["counters"]["earlier_migrations_reused"] == 1
+  assert summary["counters"]["migration_lookups"] == stats["lookups"]  # one per claimed vine
+  after = next(e for e in rerun_stack.relay_events() if d_tag(e) == vine
+               and e["pubkey"] == current["pubkey"])
+  assert ["migration", "openvine-to-stream", uid] in after["tags"]
+  assert first_tag_value(after["tags"], "stream_uid") == uid
+  assert first_tag_value(after["tags"], "loops") == first_tag_value(current["tags"], "loops")
+
+
 def test_update_existing_adds_metadata_once_and_keeps_stream_urls(rerun_stack, clean_run,
                                                                   tmp_path):
   orphan = rerun_stack.manifest["planted"]["event_without_row"]["vine_id"]
@@ -161,46 +214,32 @@ def crash_stack(tmp_path_factory):
     yield stack
 
 
-def _kill_mid_run(stack, out_dir, at_least=3, timeout=90.0):
-  """Runs `python -m pipeline.main` and SIGKILLs it once at_least vines are on the relay.
-
-  The DirectRunner materialises each stage's output before the next stage starts, so
-  all events reach PublishEvents together; a proxy that holds each EVENT 150 ms, with
-  one event in flight (--publish-limit 1), spreads publishing over a few seconds.
-  """
-  proxy = FaultyRelayProxy(stack.relay_urls[0],
-                           lambda event, sends: ("hook", lambda: time.sleep(0.15)))
-  env = dict(os.environ, PYTHONPATH=ROOT, **{TOKEN_ENV: stack.token})
-  args = stack.pipeline_args(output_dir=str(out_dir), extra=[
-      "--run-id", "killed", "--relays", proxy.url, "--publish-limit", "1",
-      "--retry-base-delay", "0.01"])
-  try:
-    with open(os.path.join(str(out_dir), "killed.log"), "w", encoding="utf-8") as log:
-      proc = subprocess.Popen([sys.executable, "-m", "pipeline.main"] + args, cwd=ROOT,
-                              env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-      try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None:
-          if sum(map(is_migrated, stack.relay_events())) >= at_least:
-            break
-          time.sleep(0.05)
-      finally:
-        if proc.poll() is None:
-          os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-  finally:
-    proxy.close()
-  return proc.returncode
-
-
 def test_killed_run_then_plain_rerun_ends_like_a_clean_run(crash_stack, clean_run,
                                                            tmp_path):
-  returncode = _kill_mid_run(crash_stack, tmp_path)
+  returncode = signal_mid_run(
+      crash_stack, tmp_path, "killed", signal.SIGKILL,
+      lambda: sum(map(is_migrated, crash_stack.relay_events())) >= 3)
   assert returncode == -signal.SIGKILL, "the run ended before it could be killed"
   first = {d_tag(e) for e in crash_stack.relay_events() if is_migrated(e)}
   expected = crash_stack.manifest["expected_published"]
   assert 3 <= len(first) < expected
+  # The killed run's journal names every vine whose new version reached the relay.
+  killed_dir = os.path.join(str(tmp_path), "killed")
+  records, bad = journal.read_journal(killed_dir)
+  saw = journal.what_it_saw(records)
+  assert saw["run"] is not None and saw["end"] is None and bad == 0
+  assert first <= set(saw["published"]) | set(saw["in_doubt"])
+  assert set(saw["published"]) <= first
+  with open(os.path.join(killed_dir, "progress.json"), encoding="utf-8") as f:
+    stats = json.load(f)["stats"]
+  assert {"events_checked", "videos_migrated", "videos_republished", "failed_migrations",
+          "start_time", "last_checkpoint"} <= set(stats)
+  # pipeline.report reads it and says the run did not finish.
+  text = io.StringIO()
+  assert report.main(["--output-dir", killed_dir, "--plain"], stream=text) == 0
+  text = text.getvalue()
+  assert "The run did not finish" in text and "Totals (from journal)" in text
+  assert all(vine_id in text for vine_id in saw["in_doubt"])
   calls_before = collections.Counter(crash_stack.emulator.stats()["migrate_calls"])
   code, run_dir, summary = run_pipeline(crash_stack, tmp_path / "rerun")
   assert_balanced(code, summary)
@@ -213,7 +252,13 @@ def test_killed_run_then_plain_rerun_ends_like_a_clean_run(crash_stack, clean_ru
       crash_stack.manifest["planted"]["no_signing_key"]["vine_ids"])
   assert summary["published"] == expected - len(first)
   assert summary["counters"]["migrations_reused"] == len(first)
+  outputs = read_outputs(run_dir)
+  assert not {r["vine_id"] for r in outputs["published"]} & set(saw["published"])
+  # One FAILED line in monitor.log per dead letter.
+  with open(os.path.join(run_dir, "monitor.log"), encoding="utf-8") as f:
+    failed = sorted(line.split(",")[1:4] for line in f if line.startswith("FAILED,"))
+  assert outputs["dead_letters"] and failed == sorted(
+      [d["vine_id"] or "", d["stage"], d["error_class"]] for d in outputs["dead_letters"])
   # The relay ends exactly as after a clean run of the same input.
-  events = assert_relay_consistent(crash_stack.relay_urls[0],
-                                   read_outputs(run_dir)["published"])
+  events = assert_relay_consistent(crash_stack.relay_urls[0], outputs["published"])
   assert _normalised(events, crash_stack.emulator.url) == clean_run["normalised"]

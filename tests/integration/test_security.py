@@ -19,7 +19,6 @@ tests/unit/pipeline/test_keys.py) and the token (tests/unit/clients/test_secrets
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import sqlite3
@@ -43,6 +42,7 @@ from devstack.stack import split_events
 from pipeline import keys as keys_cli
 from pipeline.graph import attach_local_sinks, build_graph
 from pipeline.options import MigrationOptions, validate
+from pipeline.run_record import EXIT_STOPPED
 from tests.support.paths import ROOT
 from tests.support.runs import TOKEN_ENV, read_ndjson
 from tests.support.secret_scan import (
@@ -148,14 +148,13 @@ def secured(tmp_path_factory):
   os.chmod(enc_db, 0o640)
   with open(os.path.join(data, "openvine_ids.txt"), encoding="utf-8") as f:
     held = [line.strip() for line in f if line.strip()]
-  garbage_uid = hashlib.md5(bad_thumbnail.encode()).hexdigest()  # the emulator's uid
 
   out = str(work / "out")
   runs = {}
   with RelayProcess(nip42_write=True) as relay, EmulatorProcess(
       token=TOKEN, openvine_ids=held, seed=5, fault_503=0.1, fault_reset=0.1,
       fault_malformed=0.05, always_fail_vine_ids=[always_fail],
-      thumb_garbage_uids=[garbage_uid]) as emulator:
+      thumb_garbage_uids=[bad_thumbnail]) as emulator:
     signers = {pub: Signer(priv) for pub, priv in private_keys.items()}
     refused = _publish_before_state(relay.url, data, signers)
     args = ["--relays", relay.url, "--rows", os.path.join(data, "rows.ndjson"),
@@ -236,9 +235,11 @@ def test_keys_were_encrypted_and_the_loose_mode_was_warned(secured):
 @pytest.mark.integration
 def test_wrong_token_stops_the_run_with_a_clear_message(secured):
   run = secured["runs"]["wrong"]
-  assert run.returncode == 1
+  assert run.returncode == EXIT_STOPPED
   assert "migration API refused the token (HTTP 403)" in run.stderr.decode()
-  assert not os.path.exists(os.path.join(secured["out"], "wrong", "summary.json"))
+  with open(os.path.join(secured["out"], "wrong", "summary.json"), encoding="utf-8") as f:
+    summary = json.load(f)
+  assert summary["status"] == "stopped" and "refused the token" in summary["stop_reason"]
 
 
 @pytest.mark.integration

@@ -1,13 +1,19 @@
-"""Running the pipeline in-process from a test, and reading what a run wrote."""
+"""Running the pipeline from a test (in-process, or as a process that a signal stops), and
+reading what a run wrote."""
 
 import contextlib
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 
 from pipeline import main as pipeline_main
+from tests.support.faulty_relay import FaultyRelayProxy
+from tests.support.paths import ROOT
 
 # The environment variable the pipeline reads the migration API token from.
 TOKEN_ENV = "CF_STREAM_MIGRATION_TOKEN"
@@ -57,3 +63,41 @@ def run_with_token(stack, out_dir, token, extra=()):
   with token_in_env(token), contextlib.redirect_stderr(err):
     code = pipeline_main.run(args)
   return code, err.getvalue(), os.path.join(str(out_dir), run_id), time.monotonic() - started
+
+
+def signal_mid_run(stack, out_dir, run_id, sig, ready, timeout=90.0):
+  """Runs `python -m pipeline.main` on the stack and sends it `sig` once `ready()` is true.
+
+  The DirectRunner materialises each stage's output before the next stage starts, so
+  all events reach PublishEvents together; a proxy that holds each EVENT 150 ms, with
+  one event in flight (--publish-limit 1), spreads publishing over a few seconds.
+  The run's output goes to `<out_dir>/<run_id>.log`.
+
+  Returns:
+    The process's return code (-sig when the signal killed it).
+  """
+  proxy = FaultyRelayProxy(stack.relay_urls[0],
+                           lambda event, sends: ("hook", lambda: time.sleep(0.15)))
+  env = dict(os.environ, PYTHONPATH=ROOT, **{TOKEN_ENV: stack.token})
+  args = stack.pipeline_args(output_dir=str(out_dir), extra=[
+      "--run-id", run_id, "--relays", proxy.url, "--publish-limit", "1",
+      "--retry-base-delay", "0.01"])
+  try:
+    with open(os.path.join(str(out_dir), run_id + ".log"), "w", encoding="utf-8") as log:
+      proc = subprocess.Popen([sys.executable, "-m", "pipeline.main"] + args, cwd=ROOT,
+                              env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+      try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+          time.sleep(0.05)
+        if proc.poll() is None:
+          os.killpg(proc.pid, sig)
+        proc.wait(timeout=timeout)
+      finally:
+        if proc.poll() is None:
+          os.killpg(proc.pid, signal.SIGKILL)
+          proc.wait()
+  finally:
+    proxy.close()
+  return proc.returncode

@@ -27,6 +27,7 @@ from transforms.clients import secrets as secret_values
 from transforms.clients.migration_contract import (
   LOOKUP_PATH,
   MIGRATE_PATH,
+  ORIGIN_MAY_BE_RUNNING,
   MigrationResult,
   Outcome,
   ResponseTooLarge,
@@ -46,6 +47,8 @@ from transforms.runtime.logs import CappedLog, log_stage
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 50 * 1024 * 1024
+# MigrationResult.api_status of a vine the lookup found after a call went unanswered.
+FOUND_AFTER_TIMEOUT = "found_after_timeout"
 _CHUNK_BYTES = 64 * 1024
 
 
@@ -115,13 +118,14 @@ class MigrationClient:
     self._session: Optional[aiohttp.ClientSession] = None
     self._slots: Optional[asyncio.Semaphore] = None
     self._counts = {"vines": 0, "calls": 0, "successes": 0, "retries": 0, "exhausted": 0,
-                    "permanent": 0, "config": 0}
+                    "permanent": 0, "config": 0, "lookups": 0}
     self._throttled = 0.0
     self._exhausted_log = CappedLog(_LOG, "migrations with exhausted retries")
 
   def stats(self) -> Dict[str, Any]:
     """Counts since start: vines, calls (requests), successes, retries, exhausted,
-    permanent, config, throttled_seconds (backoff and Retry-After sleeps)."""
+    permanent, config, lookups (before a resend), throttled_seconds (backoff and
+    Retry-After sleeps)."""
     return dict(self._counts, throttled_seconds=round(self._throttled, 3))
 
   def __repr__(self) -> str:
@@ -213,7 +217,11 @@ class MigrationClient:
     Returns:
       A MigrationResult: success with urls; permanent at once (invalid ids, 4xx,
       source missing); config at once (the caller should stop the run); or
-      transient_exhausted after `policy.max_attempts` attempts.
+      transient_exhausted after `policy.max_attempts` attempts. After an attempt
+      that got no answer (a timeout, a reset, a gateway error), the vine is looked
+      up before the call is sent again: the service is not atomic, and a resend
+      while the first call still uploads would upload the video twice; when the
+      lookup finds it, that is the success (api_status `FOUND_AFTER_TIMEOUT`).
 
     Raises:
       RuntimeError: If `start()` was not awaited.
@@ -254,7 +262,8 @@ class MigrationClient:
         return result
       if attempt == self.policy.max_attempts:
         break
-      delay = backoff_delay(attempt, self.policy, self._rng, outcome.retry_after)
+      delay = backoff_delay(attempt, self.policy, self._rng, outcome.retry_after,
+                            throttled=result.http_status == 429)
       _LOG.debug(
         "vine %s attempt %d: %s; retrying in %.1fs", vine_id, attempt, outcome.reason, delay
       )
@@ -262,6 +271,8 @@ class MigrationClient:
       self._throttled += delay
       result.throttled_seconds += delay
       await self._sleep(delay)
+      if result.http_status in ORIGIN_MAY_BE_RUNNING and await self._found_after_timeout(result):
+        return result
     result.kind = "transient_exhausted"
     self._counts["exhausted"] += 1
     # The reason is the classified, sanitised outcome: never the body, headers or token.
@@ -269,6 +280,26 @@ class MigrationClient:
                             "attempts: %s", vine_id, result.attempts, result.error)
     result.error = f"gave up after {result.attempts} attempts: {result.error}"
     return result
+
+  async def _found_after_timeout(self, result: MigrationResult) -> bool:
+    """Looks the vine up before a call is sent again: the unanswered one may have uploaded it.
+
+    Sets `result` to a success (api_status "found_after_timeout") when the service has
+    the vine. A failed lookup proves nothing either way: the call is then sent again.
+    """
+    result.lookups += 1
+    self._counts["lookups"] += 1
+    try:
+      found = await self.lookup(result.vine_id)
+    except MigrationApiError as exc:
+      _LOG.debug("vine %s: lookup before a resend failed: %s", result.vine_id, exc)
+      return False
+    if found is None:
+      return False
+    result.kind, result.urls, result.error = "success", found, None
+    result.api_status = FOUND_AFTER_TIMEOUT
+    self._counts["successes"] += 1
+    return True
 
   async def lookup(self, vine_id: str) -> Optional[Dict[str, Optional[str]]]:
     """Asks whether a Vine id is already migrated (`GET /v1/lookup?vineId=`), one attempt.

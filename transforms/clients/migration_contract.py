@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, Optional
 import aiohttp
 
 from transforms.clients import secrets as secret_values
-from transforms.core.backoff import exponential_backoff
+from transforms.core.backoff import backoff_at_least
 from transforms.core.ids import HEX64_RE, OPENVINE_ID_RE, OPENVINE_ID_USABLE_RE, STREAM_UID_RE
 
 MIGRATE_PATH = "/v1/openvine/migrate"
@@ -64,15 +64,17 @@ class Outcome:
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
-  """Retry schedule of the seed design: 5 attempts, 2-4-8-16-32 s, 60 s timeout.
+  """Retry schedule of the seed design: 5 attempts, waits of at least 2-4-8-16-32 s, 60 s timeout.
 
   Attributes:
     max_attempts: Attempts in total, the first included.
     base_delay: Delay before the second attempt; doubles per attempt.
-    max_delay: Cap of the exponential delay.
+    max_delay: Cap of the exponential delay (before jitter and the 429 factor).
     timeout: Seconds allowed for one request, body included.
     retry_after_cap: Cap applied to a server's Retry-After.
-    jitter: Whether to apply equal jitter (see `backoff_delay`).
+    jitter: Whether jitter adds to the delay (see `backoff_delay`).
+    jitter_spread: The largest jitter, as a fraction of the scheduled delay.
+    throttle_factor: A 429 without Retry-After waits this many times the delay.
   """
 
   max_attempts: int = 5
@@ -81,6 +83,8 @@ class RetryPolicy:
   timeout: float = 60.0
   retry_after_cap: float = 60.0
   jitter: bool = True
+  jitter_spread: float = 0.25
+  throttle_factor: float = 2.0
 
 
 @dataclasses.dataclass
@@ -99,6 +103,7 @@ class MigrationResult:
     last_failure: ISO-8601 UTC time of the last failed attempt, or None.
     throttled_seconds: Seconds slept between attempts (backoff and Retry-After).
     http_status: Status of the last answer, None if the last attempt got none.
+    lookups: `GET /v1/lookup` calls made before resending a call whose answer never came.
   """
 
   vine_id: str
@@ -112,6 +117,13 @@ class MigrationResult:
   last_failure: Optional[str] = None
   throttled_seconds: float = 0.0
   http_status: Optional[int] = None
+  lookups: int = 0
+
+
+# Answers after which the call may still be running on the service: none at all (a
+# timeout, a reset) or the edge giving up on the origin. The service is not atomic, so
+# the vine is looked up before the call is sent again (reference, last section).
+ORIGIN_MAY_BE_RUNNING = frozenset({None, 502, 504, 520, 522, 524})
 
 
 def error_line(exc_or_text: Any, secrets: Iterable[str] = ()) -> str:
@@ -218,23 +230,24 @@ def backoff_delay(
   policy: RetryPolicy,
   rng: Optional[random.Random] = None,
   retry_after: Optional[float] = None,
+  throttled: bool = False,
 ) -> float:
   """Seconds to wait after failed attempt number `attempt` (1-based).
 
-  The base schedule is `transforms.core.backoff.exponential_backoff`:
-  `base_delay * 2 ** (attempt - 1)` capped at `max_delay` (2, 4, 8, 16, 32 s by
-  default), with `policy.jitter` "equal jitter" `d / 2 + uniform(0, d / 2)`, so the
-  delay lies in [d/2, d] and many workers retrying together spread out without ever
-  exceeding the schedule. Only this contract adds a floor on top: a server's
-  Retry-After (429/503) is capped at `retry_after_cap` and then wins if longer:
-  `max(min(retry_after, cap), delay)`, so a throttled call never waits less than
-  asked (up to the cap).
+  The schedule is `transforms.core.backoff.backoff_at_least`: `base_delay * 2 **
+  (attempt - 1)` capped at `max_delay` (2, 4, 8, 16, 32 s by default) is a floor, and
+  `policy.jitter` adds up to `jitter_spread` of it, never less. A 429 without
+  Retry-After (`throttled`) waits `throttle_factor` times that: the server said we
+  are too fast, a 5xx only that it failed. A server's Retry-After (429/503) is capped
+  at `retry_after_cap` and then wins if longer: `max(min(retry_after, cap), delay)`,
+  so a throttled call never waits less than asked (up to the cap).
 
   Args:
     attempt: The attempt that just failed, >= 1.
     policy: The retry policy.
     rng: Random source for jitter (default: a fresh `random.Random()`).
     retry_after: Parsed Retry-After seconds, or None.
+    throttled: The attempt was answered 429.
 
   Returns:
     The delay in seconds.
@@ -244,11 +257,12 @@ def backoff_delay(
   """
   if attempt < 1:
     raise ValueError("attempt is 1-based")
-  delay = exponential_backoff(attempt, policy.base_delay, policy.max_delay,
-                              rng=rng or random.Random(), jitter=policy.jitter)
+  spread = policy.jitter_spread if policy.jitter else 0.0
+  delay = backoff_at_least(attempt, policy.base_delay, policy.max_delay,
+                           rng=rng or random.Random(), spread=spread)
   if retry_after is not None:
-    delay = max(min(retry_after, policy.retry_after_cap), delay)
-  return delay
+    return max(min(retry_after, policy.retry_after_cap), delay)
+  return delay * policy.throttle_factor if throttled else delay
 
 
 def _template_urls(uid: str, cdn_base: str) -> Dict[str, str]:

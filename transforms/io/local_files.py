@@ -14,6 +14,10 @@ SKIPPED_FILE = "skipped.ndjson"
 PUBLISHED_FILE = "published.ndjson"
 MONITOR_FILE = "monitor.log"
 SUMMARY_FILE = "summary.json"  # written by pipeline/main.py at the end of a run
+# Written while the run goes (pipeline/run_record.py, transforms/io/journal.py).
+JOURNAL_DIR = "journal"
+PROGRESS_FILE = "progress.json"
+RUN_LOG_FILE = "run.log"
 # Rows the BigQuery tables refused (pipeline/graph.py attach_bigquery_sinks).
 BIGQUERY_FAILED_ROWS_FILE = "bigquery_failed_rows.ndjson"
 

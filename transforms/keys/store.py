@@ -101,7 +101,9 @@ class KeyStore:
           "SELECT nostr_public_key, nostr_private_key FROM user_migrations").fetchall()
       conn.close()
     except sqlite3.Error as exc:
-      raise KeyStoreError("keys database %s unusable: %s" % (path, type(exc).__name__)) from None
+      # SQLite's own words ("database is locked", "no such table: ...") hold no key.
+      raise KeyStoreError("keys database %s unusable: %s: %s"
+                          % (path, type(exc).__name__, exc)) from None
     signers: Dict[str, Signer] = {}
     refused: Dict[str, int] = {}
     encrypted_rows = plaintext_rows = 0

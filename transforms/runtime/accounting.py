@@ -46,6 +46,10 @@ RELAY_MESSAGES_DROPPED = "relay_messages_dropped"
 EVENTS_OUTSIDE_FILTER = "events_outside_filter"
 ROWS_READ = "rows_read"
 MIGRATIONS_REUSED = "migrations_reused"
+# GET /v1/lookup calls of the migrate stage (confirming an earlier migration, or before a
+# resend after a call that got no answer), and earlier tools' migrations reused after one.
+MIGRATION_LOOKUPS = "migration_lookups"
+EARLIER_MIGRATIONS_REUSED = "earlier_migrations_reused"
 EVENTS_CHECKED = "events_checked"
 VIDEOS_MIGRATED = "videos_migrated"
 VIDEOS_ALREADY_MIGRATED = "videos_already_migrated"

@@ -22,7 +22,7 @@ Groups (`takes_groups()`): the input is `(key, items)` from a GroupByKey, and th
 items of one group are handled one at a time, in order: the next item is taken from
 the group's iterable (on the bundle thread, where Beam's lazy iterables must be read)
 when the previous one completes. One group holds one in-flight slot, so a global cap
-is the number of keys (see `transforms/stages/cap.py`), whatever the runner does.
+is the number of keys (see `transforms/runtime/cap.py`), whatever the runner does.
 
 Counters: increments made while an element is handled are kept with the element and
 committed with its outputs by the bundle that emits them (`accounting.commit`): the
@@ -53,6 +53,8 @@ from transforms.runtime.outcomes import StopRun
 _LOG = logging.getLogger(__name__)
 
 _END = object()  # a group's iterable is exhausted
+# How long stopping the loop waits for its cancelled calls to wind down.
+STOP_SECONDS = 5.0
 
 
 def wrap_output(output: Any, timestamp, window) -> Any:
@@ -102,10 +104,47 @@ class _SharedLoop:
         return
       loop, thread = cls._loop, cls._thread
       cls._loop = cls._thread = None
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=5)
-    if not thread.is_alive():
-      loop.close()
+    _stop_loop(loop, thread)
+
+  @classmethod
+  def shutdown(cls, timeout: float) -> None:
+    """Stops the loop whoever still uses it (a stopped run: its DoFns are never torn down)."""
+    with cls._lock:
+      loop, thread = cls._loop, cls._thread
+      cls._loop = cls._thread = None
+      cls._users = 0
+    if loop is not None:
+      _stop_loop(loop, thread, timeout)
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread,
+               timeout: float = STOP_SECONDS) -> None:
+  """Cancels the loop's pending tasks, waits for them at most `timeout` s, stops the loop.
+
+  A task left pending when its loop goes away is logged as an error ("Task was destroyed
+  but it is pending!") although nothing failed: a stopped run abandons its calls on purpose.
+  """
+
+  async def cancel_pending():
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+      task.cancel()
+    if tasks:
+      await asyncio.wait(tasks, timeout=timeout)
+
+  try:
+    asyncio.run_coroutine_threadsafe(cancel_pending(), loop).result(timeout + 1)
+  except Exception:  # pylint: disable=broad-except
+    _LOG.debug("cancelling the loop's pending calls did not finish", exc_info=True)
+  loop.call_soon_threadsafe(loop.stop)
+  thread.join(timeout=5)
+  if not thread.is_alive():
+    loop.close()
+
+
+def shutdown_shared_loop(timeout: float = STOP_SECONDS) -> None:
+  """Abandons every call still in flight on the process's loop, within `timeout` seconds."""
+  _SharedLoop.shutdown(timeout)
 
 
 class AsyncDoFn(beam.DoFn):

@@ -4,13 +4,16 @@ One row shape each, built by one function each (`make_dead_letter`, `make_skip`)
 making one counts it: a dead letter by stage (`dead_letters_<stage>`, what the balance
 check adds up) and by error class (`dead_letter_class_<class>`), a skip by reason
 (`skipped_<reason>`). Every dead letter and skip is made here, so no call site can
-forget a counter or count one twice. Also: the output tags every risky DoFn may emit,
+forget a counter or count one twice; making one also journals it when the run has a
+journal (transforms/io/journal.py). Also: the output tags every risky DoFn may emit,
 and StopRun, the error that ends a whole run.
 
 A dead letter holds what a replay needs (the payload) and never a secret: payloads
 are built from WorkItem.to_payload() or from the raw public input, and every error
 text passes through `secrets.scrub` first (registered secret values, Authorization
-headers, bearer tokens and nsec keys removed).
+headers, bearer tokens and nsec keys removed). A payload is capped at MAX_PAYLOAD_BYTES:
+a larger one (a 30 MB garbage rows line) is replaced by its head and a note saying it was
+cut (`cap_payload`), so one bad input never becomes a dead letter as big as itself.
 """
 
 import json
@@ -21,6 +24,7 @@ import apache_beam as beam
 from transforms.clients import secrets as secret_values
 from transforms.core.ids import record_id
 from transforms.core.text import utc_now_iso
+from transforms.io import journal
 from transforms.runtime import accounting
 
 # Tag names of the outputs every risky DoFn may emit besides its main output. A stage's
@@ -49,6 +53,11 @@ CONFIG = "config"
 ERROR_CLASSES = (TRANSIENT_EXHAUSTED, PERMANENT, BAD_INPUT, CONFIG)
 
 MAX_ERROR_CHARS = 2000
+# The largest payload a dead letter stores, in UTF-8 bytes of its JSON text (a BigQuery
+# row is at most a few MB, and no replay payload of a real vine comes near this).
+MAX_PAYLOAD_BYTES = 256 * 1024
+# Keys of a payload that was cut (replay refuses it: it has no `event`).
+PAYLOAD_CUT = "payload_cut"
 
 # BigQuery schema of the dead-letter table; local NDJSON rows have the same fields.
 SCHEMA_FIELDS = (
@@ -90,11 +99,11 @@ def make_dead_letter(run_id: str,
     raise ValueError("unknown error class %r" % error_class)
   accounting.count_dead_letter(stage, error_class)
   now = utc_now_iso()
-  payload_text = json.dumps(payload, ensure_ascii=False, sort_keys=True,
-                            default=str) if payload is not None else None
+  payload_text = cap_payload(json.dumps(payload, ensure_ascii=False, sort_keys=True,
+                                        default=str)) if payload is not None else None
   # Without a vine or event id (a bad input line), the payload tells two records apart.
   unique = (vine_id, event_id) if vine_id or event_id else (payload_text,)
-  return {
+  row = {
       "run_id": run_id,
       "stage": stage,
       "vine_id": vine_id,
@@ -108,6 +117,24 @@ def make_dead_letter(run_id: str,
       "replay_of": replay_of,
       "record_id": record_id(run_id, stage, *unique),
   }
+  journal.made(journal.DEAD_LETTER, row)
+  return row
+
+
+def cap_payload(text: str, limit: int = MAX_PAYLOAD_BYTES) -> str:
+  """A payload's JSON text as stored: itself, or when over `limit` bytes a note that it was cut.
+
+  The note is JSON too: {"payload_cut": true, "payload_bytes": N, "head": the first
+  characters of the original text}, the whole note within `limit` bytes.
+  """
+  size = len(text.encode("utf-8"))
+  if size <= limit:
+    return text
+  # JSON escaping at most doubles a character's bytes here (a quote or a backslash);
+  # a UTF-8 character is at most 4 bytes: a head of limit / 8 characters always fits.
+  head = text[:max(0, (limit - 200) // 8)]
+  return json.dumps({PAYLOAD_CUT: True, "payload_bytes": size, "head": head},
+                    ensure_ascii=False, sort_keys=True)
 
 
 def dead_letter_for_item(run_id: str, stage: str, error_class: str, error: Any, item,
@@ -117,11 +144,27 @@ def dead_letter_for_item(run_id: str, stage: str, error_class: str, error: Any, 
                           event_id=item.event_id, payload=item.to_payload(), **kwargs)
 
 
+MAX_MONITOR_ERROR_CHARS = 500
+
+
+def monitor_failed(dead: Dict[str, Any]) -> str:
+  """The seed's monitor line FAILED,{vine_id},{stage},{error_class},{error} of a dead letter.
+
+  The error is the last field (it may hold commas), on one line and cut to
+  MAX_MONITOR_ERROR_CHARS; the dead letter has the rest. Its text was scrubbed when made.
+  """
+  error = " ".join(str(dead.get("error") or "").split())[:MAX_MONITOR_ERROR_CHARS]
+  return "FAILED,%s,%s,%s,%s" % (dead.get("vine_id") or "", dead.get("stage") or "",
+                                 dead.get("error_class") or "", error)
+
+
 def make_skip(stage: str, reason: str, vine_id: Optional[str],
               event_id: Optional[str]) -> Dict[str, Any]:
   """A skipped item: terminal, with a named reason; counts `skipped_<reason>`."""
   accounting.count_skip(reason)
-  return {"stage": stage, "reason": reason, "vine_id": vine_id, "event_id": event_id}
+  row = {"stage": stage, "reason": reason, "vine_id": vine_id, "event_id": event_id}
+  journal.made(journal.SKIPPED, row)
+  return row
 
 
 def tagged(fn: beam.DoFn) -> beam.ParDo:

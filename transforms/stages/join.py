@@ -5,6 +5,9 @@ Input: (vine_id, VineRow) and (vine_id, SourceEvent). Output: one WorkItem per e
 there is one (else `metadata_missing`) and the author's kind 34236 event at the same
 `d` when there is one (`videos`, read with --event-kind 34236|both); a vine with rows
 but no event is skipped (`no_event`). Every output is one unit of the accounting (`vines_in`).
+With `only_read_events` (--test: the first relay page only), rows without an event are not
+judged at all: their events may be on a page that was not read. They are neither skipped
+nor counted in, only counted `rows_outside_test_page`.
 
 One author can hold several addresses for one vine (an event without `d` that names
 the vine in a `vine_id` tag, and the `d = <vine id>` version we published for it):
@@ -29,6 +32,7 @@ EVENTS = "events"
 VIDEOS = "videos"
 
 
+ROWS_OUTSIDE_TEST_PAGE = "rows_outside_test_page"
 DUPLICATE_EVENTS = "duplicate_events"
 DUPLICATE_ROWS = "duplicate_rows"
 
@@ -59,13 +63,17 @@ def pick_openvine_id(openvine_ids) -> Optional[str]:
   return openvine_ids[0] if openvine_ids else None
 
 
-def classify_group(vine_id: str, grouped: Dict[str, Any]) -> Iterator[Any]:
-  """The pure join decision for one vine id."""
+def classify_group(vine_id: str, grouped: Dict[str, Any],
+                   only_read_events: bool = False) -> Iterator[Any]:
+  """The pure join decision for one vine id (`only_read_events`: see the module docstring)."""
   rows = list(grouped.get(ROWS) or ())
   all_events = list(grouped.get(EVENTS) or ())
   events = one_per_author(vine_id, all_events)
   if len(all_events) > len(events):
     accounting.inc(DUPLICATE_EVENTS, len(all_events) - len(events))
+  if not events and only_read_events:
+    accounting.inc(ROWS_OUTSIDE_TEST_PAGE, len(rows))
+    return
   if not events:
     accounting.born()
     yield TaggedOutput(dl.SKIPPED, dl.make_skip(dl.STAGE_JOIN, SKIP_NO_EVENT, vine_id, None))
@@ -87,18 +95,27 @@ def classify_group(vine_id: str, grouped: Dict[str, Any]) -> Iterator[Any]:
 
 class _ClassifyJoinFn(beam.DoFn):
 
+  def __init__(self, only_read_events: bool = False):
+    super().__init__()
+    self._only_read_events = only_read_events
+
   def process(self, keyed: Tuple[str, Dict[str, Any]]) -> Iterator[Any]:
     vine_id, grouped = keyed
-    yield from classify_group(vine_id, grouped)
+    yield from classify_group(vine_id, grouped, self._only_read_events)
 
 
 class JoinOnVineId(beam.PTransform):
   """(rows, events[, videos]) -> {main: WorkItem, skipped}."""
 
+  def __init__(self, only_read_events: bool = False):
+    """`only_read_events`: judge only vines with an event read (--test); see the module."""
+    super().__init__()
+    self._only_read_events = only_read_events
+
   def expand(self, inputs):
     grouped = dict(zip((ROWS, EVENTS, VIDEOS), inputs))
     joined = (grouped
               | "CoGroupByVineId" >> beam.CoGroupByKey()
-              | "ClassifyJoined" >> beam.ParDo(_ClassifyJoinFn()).with_outputs(
+              | "ClassifyJoined" >> beam.ParDo(_ClassifyJoinFn(self._only_read_events)).with_outputs(
                   dl.SKIPPED, main="main"))
     return {"main": joined.main, dl.SKIPPED: joined[dl.SKIPPED]}

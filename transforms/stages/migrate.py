@@ -1,20 +1,24 @@
 """MigrateVideo: copy each vine's video into Cloudflare Stream through the migration API.
 
-Input and main output: WorkItem. An item whose 32222 or 34236 event already carries this
-migration's tags reuses its Stream uid (no call) unless force_remigrate. Otherwise one
-`POST /v1/openvine/migrate` with the seed's retry policy, many in flight (AsyncDoFn).
+Input and main output: WorkItem. An item whose 32222 or 34236 event says its video is
+already on Stream (our migration tags, an earlier tool's bare `stream_uid`, or a video URL
+on the CDN: `earlier_migrations.earlier_claim`) is looked up (`GET /v1/lookup?vineId=`)
+and, when the service confirms it, reused without a migrate call, unless force_remigrate.
+Otherwise one `POST /v1/openvine/migrate` with the seed's retry policy, many in flight
+(AsyncDoFn), never two for one vine id at once in a process (the service is not atomic).
 Permanent failures and exhausted retries are dead letters; a refused token stops
 the run (StopRun). Counters: `migrate_calls` (requests sent, retries included),
-`migrations_reused` (no call: the event already carries our tags).
+`migrations_reused` (no call: the migration was confirmed), `earlier_migrations_reused`
+(of those, the ones without our tags), `migration_lookups` (lookups sent).
 """
 
 import logging
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 from apache_beam.pvalue import TaggedOutput
 
 from transforms.clients import secrets as secret_values
-from transforms.clients.migration_api import MigrationClient
+from transforms.clients.migration_api import MigrationApiError, MigrationClient
 from transforms.clients.migration_contract import RetryPolicy, error_line, validate_openvine_id
 from transforms.core.ids import STREAM_UID_RE
 from transforms.core.records import SKIP_NO_OPENVINE_ID, WorkItem
@@ -25,10 +29,17 @@ from transforms.runtime import outcomes as dl
 from transforms.runtime.async_dofn import AsyncDoFn
 from transforms.runtime.logs import CappedLog
 from transforms.runtime.outcomes import StopRun
+from transforms.stages.earlier_migrations import confirmed_urls, earlier_claim, one_call_per_vine
 
 _LOG = logging.getLogger(__name__)
 
 MIGRATE_CALLS = "migrate_calls"
+
+
+def _count_lookups(n: int) -> None:
+  # Counted once the call's outcome is known: a StopRun must come before any counter.
+  if n:
+    accounting.inc(accounting.MIGRATION_LOOKUPS, n)
 
 
 def monitor_migrated(item: WorkItem) -> str:
@@ -113,17 +124,44 @@ class MigrateVideoFn(AsyncDoFn):
         self._run_id, dl.STAGE_MIGRATE, error_class, error, item, **kwargs))]
 
   async def handle(self, item: WorkItem) -> List[Any]:
-    if marked_uid(item) and not self._force:
-      accounting.inc(accounting.VIDEOS_ALREADY_MIGRATED)
-      accounting.inc(accounting.MIGRATIONS_REUSED)
-      return [reuse_migration(item, self._cdn_base)]
+    async with one_call_per_vine(item.vine_id):
+      return await self._handle(item)
+
+  async def _confirmed(self, item: WorkItem) -> Tuple[Optional[WorkItem], int]:
+    """(the item with its earlier migration when the lookup confirms one, else None; lookups)."""
+    claim = earlier_claim(item, self._cdn_base)
+    if not claim or self._force:
+      return None, 0
+    try:
+      found = await self._client.lookup(item.vine_id)
+    except (MigrationApiError, ValueError) as exc:
+      # Unconfirmed: our own tags are still trusted (as before lookups); another tool's
+      # claim is not, and the migrate call answers already_migrated if it was right.
+      _LOG.debug("lookup of vine %s failed: %s", item.vine_id, error_line(exc))
+      found = None if not marked_uid(item) else {}
+    if found is None:
+      return None, 1
+    accounting.inc(accounting.MIGRATION_LOOKUPS)
+    accounting.inc(accounting.VIDEOS_ALREADY_MIGRATED)
+    accounting.inc(accounting.MIGRATIONS_REUSED)
+    if marked_uid(item):
+      return reuse_migration(item, self._cdn_base), 1
+    accounting.inc(accounting.EARLIER_MIGRATIONS_REUSED)
+    return item.replace(migration=confirmed_urls(found)), 1
+
+  async def _handle(self, item: WorkItem) -> List[Any]:
+    reused, lookups = await self._confirmed(item)
+    if reused is not None:
+      return [reused]
     if not item.openvine_id:
+      _count_lookups(lookups)
       return [TaggedOutput(dl.SKIPPED, dl.make_skip(dl.STAGE_MIGRATE, SKIP_NO_OPENVINE_ID,
                                                      item.vine_id, item.event_id))]
     try:
       openvine_id = validate_openvine_id(item.openvine_id, permissive=True)
     except ValueError as exc:
       shown = error_line(repr(item.openvine_id))[:80]
+      _count_lookups(lookups)
       return self._dead(item, dl.BAD_INPUT, "openvine id %s refused: %s" % (shown, exc))
     result = await self._client.migrate(item.vine_id, openvine_id)
     if result.kind == "config":
@@ -131,6 +169,7 @@ class MigrateVideoFn(AsyncDoFn):
       # stopped run never does, and would leak into the next run of the same process.
       raise StopRun("migration API: %s" % result.error)
     accounting.inc(MIGRATE_CALLS, result.attempts)
+    _count_lookups(lookups + result.lookups)
     accounting.add_seconds(accounting.THROTTLING_SECONDS, result.throttled_seconds)
     timing = {"attempts": result.attempts, "first_failure": result.first_failure,
               "last_failure": result.last_failure}
@@ -141,10 +180,16 @@ class MigrateVideoFn(AsyncDoFn):
     urls = dict(result.urls or {})
     if not STREAM_UID_RE.match(urls.get("uid") or ""):
       return self._dead(item, dl.PERMANENT, "API answered without a valid Stream uid", **timing)
-    if result.api_status == "already_migrated":
+    if result.api_status == "already_migrated" and urls["uid"] == marked_uid(item):
+      # --force-remigrate, and the service names the uid our tags carry: the migration
+      # stands; its URLs are picked as for a reuse (the API names the MP4 differently in
+      # its first and its later answers: taking them as they come would churn the tags).
+      accounting.inc(accounting.VIDEOS_ALREADY_MIGRATED)
+      migrated = reuse_migration(item, self._cdn_base)
+    elif result.api_status == "already_migrated":
       accounting.inc(accounting.VIDEOS_ALREADY_MIGRATED)
       migrated = item.replace(migration=urls)
-    else:
+    else:  # FOUND_AFTER_TIMEOUT (the lookup found it) too: the unanswered call uploaded it.
       accounting.inc(accounting.VIDEOS_MIGRATED)
       migrated = item.replace(migration=urls, newly_migrated=True)
     return [migrated, TaggedOutput(dl.MONITOR, monitor_migrated(migrated))]

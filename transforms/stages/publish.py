@@ -28,6 +28,7 @@ from transforms.clients.relay.publisher import RelayPublisher
 from transforms.core.ids import record_id
 from transforms.core.records import WorkItem
 from transforms.core.text import utc_now_iso
+from transforms.io.journal import PublishJournal
 from transforms.keys.shared_store import SharedKeyStore
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
@@ -109,6 +110,7 @@ class PublishEventsFn(beam.DoFn):
   def setup(self):
     self._published = self._dead_lettered = self._dropped_counted = 0
     self._failed_log = CappedLog(_LOG, "vines not published")
+    self._journal = PublishJournal()  # the run's journal, when it has one here
     log_stage(_LOG, "PublishEvents", "ready", relays=len(self._relays),
               min_relays=self._min_relays, max_in_flight=self._max_in_flight,
               nip42=bool(self._keys_db))
@@ -172,6 +174,7 @@ class PublishEventsFn(beam.DoFn):
     if not events:  # nothing signed reached this stage: a bug upstream, never a lost vine
       return self._dead(item, {}, "no signed event to publish")
     key, self._next_key = self._next_key, self._next_key + 1
+    self._journal.sending(item, self._relays)  # before any of its events can reach a relay
     self._pending[key] = [item, windowed, {event["id"]: {} for event in events}, group]
     for event in events:
       owners = self._owners.setdefault(event["id"], [])
@@ -249,6 +252,7 @@ class PublishEventsFn(beam.DoFn):
       accounting.inc(accounting.EVENTS_PUBLISHED, len(item.outgoing))
       # A relay counts as holding the vine when it accepted each of its events.
       record = result_record(item, set.intersection(*accepted_by), self._run_id)
+      self._journal.published(record)
       return [record, TaggedOutput(dl.MONITOR, monitor_republished(record))]
     summary = "; ".join("kind %d event accepted by %d of %d relays, %d required"
                         % (_kind_of(item, event_id), len(accepted), len(self._publishers),
@@ -273,6 +277,7 @@ class PublishEventsFn(beam.DoFn):
       attempts = max([attempts] + [r.attempts for r in by_relay.values()])
     error_class = dl.PERMANENT if permanent else dl.TRANSIENT_EXHAUSTED
     self._dead_lettered += 1
+    self._journal.not_published(item, error_class, summary)
     self._failed_log.log("publish: vine %s not published (%s): %s", item.vine_id, error_class,
                          summary)
     return [TaggedOutput(dl.DEAD_LETTER, dl.dead_letter_for_item(

@@ -177,11 +177,41 @@ def test_malformed_json_then_success():
   assert result.urls["hls"] == AUG_2025["hlsUrl"]
 
 
-def test_hang_past_timeout_is_retried():
+def test_hang_past_timeout_is_looked_up_then_retried():
   policy = contract.RetryPolicy(jitter=False, timeout=0.2)
-  script = Script(reply(200, ALREADY, delay=0.6), reply(200, ALREADY))
+  script = Script(reply(200, ALREADY, delay=0.6), reply(404, {"error": "not_found"}),
+                  reply(200, ALREADY))
   result, delays = run_client(script, migrate, policy=policy)
   assert result.kind == "success" and result.attempts == 2 and delays == [2.0]
+  assert [r["path"] for r in script.requests] == [
+    contract.MIGRATE_PATH, contract.LOOKUP_PATH, contract.MIGRATE_PATH]
+  assert result.lookups == 1 and script.requests[1]["query"] == {"vineId": VINE_ID}
+
+
+def test_a_vine_found_after_a_timeout_is_not_sent_again():
+  policy = contract.RetryPolicy(jitter=False, timeout=0.2)
+  lookup = {"uid": UID, "status": "uploading", "vineId": VINE_ID, "readyToStream": False,
+            "mp4Url": f"{CDN}/{UID}/downloads/default.mp4"}
+  script = Script(reply(200, OCT_2025, delay=0.6), reply(200, lookup))
+  result, _ = run_client(script, migrate, policy=policy)
+  assert (result.kind, result.api_status, result.attempts) == (
+    "success", api.FOUND_AFTER_TIMEOUT, 1)
+  assert result.urls["uid"] == UID and result.urls["mp4"] == lookup["mp4Url"]
+  assert [r["path"] for r in script.requests] == [contract.MIGRATE_PATH, contract.LOOKUP_PATH]
+
+
+def test_no_lookup_after_an_answered_failure():
+  script = Script(reply(503, {"error": "busy"}), reply(500, {"error": "boom"}), reply(200, ALREADY))
+  result, _ = run_client(script, migrate)
+  assert result.kind == "success" and result.lookups == 0
+  assert {r["path"] for r in script.requests} == {contract.MIGRATE_PATH}
+
+
+def test_a_failed_lookup_after_a_gateway_error_still_resends():
+  script = Script(reply(502, "bad gateway"), reply(500, "lookup down"), reply(200, ALREADY))
+  result, delays = run_client(script, migrate)
+  assert result.kind == "success" and result.attempts == 2 and result.lookups == 1
+  assert delays == [2.0]
 
 
 def test_oversized_body_with_content_length_is_refused():

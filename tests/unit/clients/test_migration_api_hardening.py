@@ -171,11 +171,13 @@ def test_the_client_path_sanitises_what_it_logs_and_returns(caplog):
           "Cannot connect to %s, headers %r, token %s" % (url, kwargs.get("headers"), TOKEN))
 
     session.post = post
+    session.get = post  # the lookup made before a resend fails the same way, and is logged
     return await client.migrate(VINE_ID, OPENVINE_ID)
 
   policy = mc.RetryPolicy(max_attempts=2, base_delay=0.0, jitter=False, timeout=5.0)
   result, _ = _with_api(_async_ok, scenario, policy=policy)
   assert result.kind == "transient_exhausted" and "connection error" in result.error
+  assert result.lookups == 1 and "lookup before a resend failed" in caplog.text
   letter = dl.make_dead_letter("r", dl.STAGE_MIGRATE, dl.TRANSIENT_EXHAUSTED, result.error)
   haystacks = {"error": result.error.encode(), "dead letter": json.dumps(letter).encode(),
                "logs": caplog.text.encode()}

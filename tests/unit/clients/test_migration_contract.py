@@ -2,6 +2,7 @@
 backoff, URL normalising, id validation and error sanitising."""
 
 import asyncio
+import dataclasses
 import datetime
 import json
 import random
@@ -158,22 +159,36 @@ def test_backoff_without_jitter_is_exact():
     contract.backoff_delay(0, policy)
 
 
-def test_backoff_equal_jitter_bounds():
+def test_backoff_jitter_only_adds_to_the_seed_schedule():
   policy = contract.RetryPolicy()
   rng = random.Random(42)
-  for attempt, full in zip(range(1, 6), (2, 4, 8, 16, 32), strict=True):
+  for attempt, floor in zip(range(1, 6), (2, 4, 8, 16, 32), strict=True):
     delays = [contract.backoff_delay(attempt, policy, rng) for _ in range(200)]
-    assert all(full / 2 <= d <= full for d in delays)
-    assert max(delays) - min(delays) > full / 4  # Actually jittered.
+    assert all(floor <= d <= floor * (1 + policy.jitter_spread) for d in delays)
+    assert max(delays) - min(delays) > floor * policy.jitter_spread / 2  # Actually jittered.
 
 
-def test_backoff_retry_after_cap_and_429_waits_longer():
+def test_backoff_429_without_retry_after_waits_longer_than_a_5xx():
+  for policy in (contract.RetryPolicy(), contract.RetryPolicy(jitter=False)):
+    for attempt in range(1, 8):
+      longest_5xx = contract.backoff_delay(attempt, dataclasses.replace(policy, jitter_spread=0.0))
+      longest_5xx *= 1 + (policy.jitter_spread if policy.jitter else 0.0)
+      shortest_429 = min(contract.backoff_delay(attempt, policy, random.Random(i), throttled=True)
+                         for i in range(50))
+      assert shortest_429 > longest_5xx, attempt
+  assert contract.backoff_delay(1, contract.RetryPolicy(jitter=False), throttled=True) == 4.0
+
+
+def test_backoff_retry_after_is_honoured_up_to_its_cap():
   policy = contract.RetryPolicy(jitter=False)
   assert contract.backoff_delay(1, policy, retry_after=7) == 7.0
+  assert contract.backoff_delay(1, policy, retry_after=7, throttled=True) == 7.0
   assert contract.backoff_delay(1, policy, retry_after=600) == 60.0
-  assert contract.backoff_delay(5, policy, retry_after=2) == 32.0
+  assert contract.backoff_delay(5, policy, retry_after=2) == 32.0  # never below the schedule
   jittered = contract.RetryPolicy()
   assert all(contract.backoff_delay(1, jittered, random.Random(i), 7) >= 7 for i in range(50))
+  short = contract.RetryPolicy(retry_after_cap=5.0, jitter=False)
+  assert contract.backoff_delay(1, short, retry_after=3600) == 5.0
 
 
 # ---------------------------------------------------------------------------

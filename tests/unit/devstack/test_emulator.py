@@ -1,5 +1,7 @@
 """Tests of devstack.emulator* over real sockets: API, CDN media, faults, stats, control API."""
 
+import concurrent.futures
+import hashlib
 import io
 import json
 import re
@@ -8,6 +10,7 @@ import pytest
 import requests
 from PIL import Image
 
+from devstack.emulator import parse_args
 from devstack.emulator_process import EmulatorProcess
 
 TOKEN = 'test-token'
@@ -17,6 +20,12 @@ UID_RE = re.compile(r'^[0-9a-f]{32}$')
 OCT_KEYS = {
   'status', 'uid', 'sha256', 'mp4Url', 'thumbnailUrl', 'posterUrl', 'animatedThumbnailUrl', 'blossomUrl',
   'vineId', 'videoId'}
+REAL_FIRST_KEYS = {
+  'status', 'uid', 'sha256', 'videoId', 'vineId', 'sourceUrl', 'storageResults', 'mp4Url', 'thumbnailUrl',
+  'posterUrl', 'animatedThumbnailUrl', 'blossomUrl', 'blossomMp4Url', 'message'}
+REAL_LATER_KEYS = {
+  'status', 'uid', 'videoId', 'vineId', 'mp4Url', 'thumbnailUrl', 'posterUrl', 'animatedThumbnailUrl',
+  'message'}
 AUG_KEYS = {
   'status', 'uid', 'hlsUrl', 'dashUrl', 'mp4Url', 'thumbnailUrl', 'animatedThumbnailUrl', 'downloadStatus'}
 
@@ -31,7 +40,7 @@ def emu():
 def _clean(emu):
   emu.configure(
     fault_429=0.0, fault_malformed=0.0, fault_reset=0.0, fault_503=0.0, always_fail_vine_ids=[],
-    latency_ms=0, shape='oct2025')
+    latency_ms=0, shape='oct2025', api_mode='real', missing_stream_credentials=False)
   emu.reset_stats(forget_migrations=True)
 
 
@@ -78,22 +87,78 @@ def test_source_missing_is_500_with_video_url(emu):
     'videoUrl': 'https://api.openvine.co/media/1751085897999-00000000'}
 
 
-def test_success_oct2025_shape_and_already_migrated(emu):
-  first = migrate(emu, {'videoId': HELD[0], 'vineId': 'b9KOOWX7HUx'})
+def test_real_mode_first_answer_names_the_mp4_by_hash_later_ones_by_uid(emu):
+  ask = {'videoId': HELD[0], 'vineId': 'b9KOOWX7HUx'}
+  first = migrate(emu, ask)
   assert first.status_code == 200
   body = first.json()
-  assert set(body) == OCT_KEYS
+  assert set(body) == REAL_FIRST_KEYS
   assert body['status'] == 'hybrid_migration_completed'
-  assert UID_RE.match(body['uid'])
+  uid, sha256 = body['uid'], body['sha256']
+  assert UID_RE.match(uid) and uid != hashlib.md5(b'b9KOOWX7HUx').hexdigest()
+  assert body['mp4Url'] == f'{emu.url}/{sha256}.mp4'
+  assert body['thumbnailUrl'] == f'{emu.url}/{uid}/thumbnails/thumbnail.jpg'
+  assert not any('manifest' in str(v) for v in body.values())
+  again = migrate(emu, ask).json()
+  assert set(again) == REAL_LATER_KEYS  # no sha256, no blossomUrl
+  assert (again['status'], again['uid'], again['videoId']) == ('already_migrated', uid, HELD[0])
+  assert again['mp4Url'] == f'{emu.url}/{uid}/downloads/default.mp4'
+  by_bytes = migrate(emu, {'videoId': HELD[0], 'vineId': 'MYxVapFvz2z'}).json()
+  assert (by_bytes['uid'], by_bytes['sha256']) == (uid, sha256)
+  assert 'SHA-256' in by_bytes['message']
+  for url in (body['mp4Url'], again['mp4Url']):
+    assert requests.get(url, timeout=10).status_code == 200
+  stats = emu.stats()
+  assert (stats['migrations'], stats['already_migrated']) == (1, 2)
+  assert stats['uploads'] == {'b9KOOWX7HUx': 1}
+
+
+def test_real_mode_uids_are_random_across_emulator_restarts(emu):
+  ask = {'videoId': HELD[1], 'vineId': 'e192BnZnZ9V'}
+  first = migrate(emu, ask).json()['uid']
+  emu.reset_stats(forget_migrations=True)
+  assert migrate(emu, ask).json()['uid'] != first
+
+
+def test_real_mode_overlapping_calls_for_one_vine_each_upload(emu):
+  emu.configure(latency_ms=400)
+  ask = {'videoId': HELD[2], 'vineId': 'e192BnZnZ9V'}
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    bodies = [r.json() for r in pool.map(lambda _: migrate(emu, ask), range(2))]
+  assert [b['status'] for b in bodies] == ['hybrid_migration_completed'] * 2
+  assert bodies[0]['uid'] != bodies[1]['uid']
+  stats = emu.stats()
+  assert stats['uploads'] == {'e192BnZnZ9V': 2} and stats['uploads_total'] == 2
+  assert stats['max_in_flight'] == stats['max_in_flight_per_vine'] == 2
+  found = requests.get(f'{emu.url}/v1/lookup', params={'vineId': 'e192BnZnZ9V'}, timeout=10).json()
+  assert found['uid'] in {b['uid'] for b in bodies}  # whichever was written last
+
+
+def test_missing_stream_credentials_fails_every_new_migration(emu):
+  emu.configure(missing_stream_credentials=True)
+  for video_id, vine_id in ((HELD[0], 'b9KOOWX7HUx'), (HELD[1], 'MYxVapFvz2z')):
+    r = migrate(emu, {'videoId': video_id, 'vineId': vine_id})
+    assert r.status_code == 500
+    assert r.json() == {
+      'error': 'Failed to store OpenVine video in hybrid storage',
+      'errors': {'stream': 'Missing Stream credentials'},
+      'videoUrl': f'https://api.openvine.co/media/{video_id}'}
+  assert emu.stats()['migrations'] == 0
+
+
+def test_documented_oct2025_shape_repeats_its_first_body(emu):
+  emu.configure(api_mode='documented')
+  first = migrate(emu, {'videoId': HELD[0], 'vineId': 'b9KOOWX7HUx'})
+  body = first.json()
+  assert set(body) == OCT_KEYS
+  assert body['uid'] == hashlib.md5(b'b9KOOWX7HUx').hexdigest()
   assert body['mp4Url'] == f'{emu.url}/{body["uid"]}/downloads/default.mp4'
-  assert body['thumbnailUrl'] == f'{emu.url}/{body["uid"]}/thumbnails/thumbnail.jpg'
   again = migrate(emu, {'videoId': HELD[0], 'vineId': 'b9KOOWX7HUx'}).json()
   assert again == {**body, 'status': 'already_migrated'}
-  stats = emu.stats()
-  assert (stats['migrations'], stats['already_migrated']) == (1, 1)
 
 
-def test_success_aug2025_shape_and_deterministic_uid(emu):
+def test_documented_aug2025_shape_and_deterministic_uid(emu):
+  emu.configure(api_mode='documented')
   oct_uid = migrate(emu, {'videoId': HELD[1], 'vineId': 'e192BnZnZ9V'}).json()['uid']
   emu.reset_stats(forget_migrations=True)
   emu.configure(shape='aug2025')
@@ -107,11 +172,15 @@ def test_success_aug2025_shape_and_deterministic_uid(emu):
 
 
 def test_lookup(emu):
-  uid = migrate(emu, {'videoId': HELD[0], 'vineId': 'b9KOOWX7HUx'}).json()['uid']
+  first = migrate(emu, {'videoId': HELD[0], 'vineId': 'b9KOOWX7HUx'}).json()
+  uid = first['uid']
   found = requests.get(f'{emu.url}/v1/lookup', params={'vineId': 'b9KOOWX7HUx'}, timeout=10)
   assert found.status_code == 200
-  assert found.json()['uid'] == uid
-  assert found.json()['thumbnailUrl'].endswith(f'/{uid}/thumbnails/thumbnail.jpg')
+  assert found.json() == {
+    'uid': uid, 'status': 'uploading', 'mp4Url': f'{emu.url}/{uid}/downloads/default.mp4',
+    'thumbnailUrl': f'{emu.url}/{uid}/thumbnails/thumbnail.jpg', 'migratedFrom': 'openvine',
+    'originalUrl': first['sourceUrl'], 'vineId': 'b9KOOWX7HUx', 'sha256': first['sha256'],
+    'readyToStream': False}
   missing = requests.get(f'{emu.url}/v1/lookup', params={'vineId': '5002wXwQOKX'}, timeout=10)
   assert (missing.status_code, missing.json()) == (404, {'error': 'not_found'})
   bad = requests.get(f'{emu.url}/v1/lookup', timeout=10)
@@ -152,7 +221,7 @@ def test_thumbnail_faults(emu):
   emu.configure(thumb_garbage_uids=[uid])
   with pytest.raises(OSError):
     Image.open(io.BytesIO(requests.get(url, timeout=10).content))
-  emu.configure(thumb_garbage_uids=[], thumb_bomb_uids=[uid])
+  emu.configure(thumb_garbage_uids=[], thumb_bomb_uids=['b9KOOWX7HUx'])  # by vine id
   with pytest.raises(Image.DecompressionBombError):
     Image.open(io.BytesIO(requests.get(url, timeout=10).content))
   emu.configure(thumb_bomb_uids=[])
@@ -203,3 +272,15 @@ def test_config_changes_at_runtime(emu):
   assert bad.status_code == 400
   bad = requests.post(f'{emu.url}/_emulator/config', json={'fault_503': 2}, timeout=10)
   assert bad.status_code == 400
+
+
+def test_command_line_switches_of_the_real_service(monkeypatch):
+  monkeypatch.delenv('EMULATOR_MISSING_STREAM_CREDENTIALS', raising=False)
+  _, config = parse_args(['--token', 't'])
+  assert (config['api_mode'], config['missing_stream_credentials']) == ('real', False)
+  _, config = parse_args(['--token', 't', '--api-mode', 'documented', '--missing-stream-credentials'])
+  assert (config['api_mode'], config['missing_stream_credentials']) == ('documented', True)
+  monkeypatch.setenv('EMULATOR_MISSING_STREAM_CREDENTIALS', '1')
+  assert parse_args(['--token', 't'])[1]['missing_stream_credentials'] is True
+  with pytest.raises(SystemExit):
+    parse_args(['--token', 't', '--api-mode', 'kind'])

@@ -199,3 +199,13 @@ def test_summary_table_names_the_event_kind_and_events_published():
                if line.split()[:1] == ["published"]]
   assert published and " ".join(published[0].split()) == (
       "published 40 as kind 32222 + 34236, 79 events")
+
+
+def test_seed_stats_of_the_progress_file():
+  counts = {"events_checked": 12, "videos_migrated": 5, "videos_republished": 4,
+            "failed_migrations": 1, "published": 4}
+  stats = progress.seed_stats(counts, 0.0, 61.5)
+  assert stats == {"events_checked": 12, "videos_migrated": 5, "videos_republished": 4,
+                   "failed_migrations": 1, "start_time": "1970-01-01T00:00:00.000+00:00",
+                   "last_checkpoint": "1970-01-01T00:01:01.500+00:00"}
+  assert progress.seed_stats({}, 0.0, 0.0)["events_checked"] == 0

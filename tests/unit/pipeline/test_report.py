@@ -1,12 +1,11 @@
 """`python -m pipeline.report` on small synthetic run directories: a run without dead letters,
-unreadable lines, and the replay command it prints."""
+unreadable lines, the replay command it prints, and a killed run read from its journal."""
 
 import json
 import os
-import shlex
 
-from pipeline import report, run_outputs
 from tests.support.run_dirs import dead_letter, run_report_cli, write_run
+from transforms.io import journal
 from transforms.io import local_files as sinks
 
 
@@ -27,26 +26,28 @@ def test_run_without_dead_letters_and_unreadable_lines(tmp_path):
   assert data["totals"]["published"] == 1 and data["replay"]["replayable"] == 0
 
 
-def test_replay_command_drops_the_run_own_flags():
-  argv = ["prog.py", "--relays", "ws://127.0.0.1:1", "--rows", "rows.ndjson", "--mode=replay",
-          "--replay-from", "x.ndjson", "--run-id", "r", "--events-file", "a.ndjson",
-          "--force-republish", "--output-dir", "/o", "--event-kind", "both"]
-  assert report.strip_flags(argv) == ["--relays", "ws://127.0.0.1:1", "--force-republish",
-                                      "--output-dir", "/o", "--event-kind", "both"]
-  run = run_outputs.RunOutputs(run_dir="/o/r", summary={"argv": argv},
-                          dead=[dead_letter("v1"), dead_letter("v2", stage="read_events",
-                                                               error_class="bad_input")])
-  cmd = report.replay_command(run, error_class="transient_exhausted")
-  assert cmd["from_run_flags"] and cmd["replayable"] == 1
-  assert shlex.split(cmd["command"]) == cmd["argv"]
-  assert cmd["argv"][:9] == ["python", "-m", "pipeline.main", "--mode", "replay",
-                             "--replay-from", "/o/r/dead_letters.ndjson", "--replay-filter",
-                             "error_class=transient_exhausted"]
-  assert any("CF_STREAM_MIGRATION_API" in n for n in cmd["notes"])  # not in argv: from env
-  without = report.replay_command(run_outputs.RunOutputs(run_dir="/o/r", summary={
-      "event_kind": "34236"}, dead=[dead_letter("v1")]), stage="migrate")
-  assert not without["from_run_flags"]
-  assert "--relays '<RELAY_URLS>'" in without["command"]
-  assert "--event-kind 34236" in without["command"]
-  assert "--replay-filter stage=migrate" in without["command"]
-  assert any("no argv" in n for n in without["notes"])
+def test_a_killed_run_is_read_from_its_journal(tmp_path):
+  run = str(tmp_path / "killed")
+  os.makedirs(run)
+  j = journal.Journal(journal.journal_path(run))
+  j.write(journal.RUN, run_id="killed", argv=["--relays", "ws://127.0.0.1:1", "--run-id", "k"],
+          started_at="2026-01-01T00:00:00.000+00:00")
+  j.write(journal.SKIPPED, stage="join", reason="no_event", vine_id="s1", event_id=None)
+  j.write(journal.DEAD_LETTER, **journal.dead_letter_entry(dead_letter("d1", error="boom")))
+  for vine_id in ("p1", "p2"):
+    j.write(journal.SENDING, vine_id=vine_id, event_ids=["e" + vine_id], relays=["ws://r"])
+  j.write(journal.PUBLISHED, vine_id="p1", event_id="ep1", previous_event_id="o1",
+          stream_uid="u", relays=["ws://r"])
+  j.close()
+  code, text = run_report_cli("--output-dir", str(tmp_path), "--plain")
+  assert code == 0  # the newest run is found by its journal alone
+  assert "The run did not finish" in text and "Totals (from journal)" in text
+  assert "sent without an answer: p2" in text
+  assert "python -m pipeline.main --relays ws://127.0.0.1:1" in text and "--run-id" not in text
+  assert "Replay the dead letters" not in text  # there is no dead_letters.ndjson to replay
+  code, text = run_report_cli("--output-dir", run, "--vine-id", "p1", "--json")
+  assert json.loads(text)["vine"]["status"] == "published"
+  code, text = run_report_cli("--output-dir", run, "--json")
+  data = json.loads(text)
+  assert data["totals"]["published"] == 1 and data["totals"]["dead_lettered"] == {"migrate": 1}
+  assert data["unfinished"]["in_doubt"] == ["p2"]

@@ -3,6 +3,8 @@ counts of a bundle that failed never reach the bundle that retries it."""
 
 import asyncio
 import collections
+import gc
+import logging
 import threading
 import time
 
@@ -15,7 +17,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.runtime import accounting
-from transforms.runtime.async_dofn import AsyncDoFn
+from transforms.runtime.async_dofn import AsyncDoFn, _SharedLoop, shutdown_shared_loop
 
 
 class _SlowEcho(AsyncDoFn):
@@ -100,3 +102,27 @@ def test_a_retried_bundle_counts_only_committed_work(monkeypatch):
   assert [o.value for o in out] == ["slow"]  # the retry's result only, once
   assert counters.bundles == [collections.Counter(), collections.Counter(t_handled=1)]
   assert accounting.live_counts()["t_handled"] == 2  # the display counts both attempts
+
+
+def test_shutdown_cancels_pending_calls_without_destroyed_task_errors(caplog):
+  loop = _SharedLoop.acquire()
+  started = threading.Event()
+  cancelled = threading.Event()
+
+  async def endless():
+    started.set()
+    try:
+      await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+      cancelled.set()
+      raise
+
+  asyncio.run_coroutine_threadsafe(endless(), loop)
+  assert started.wait(10)
+  shutdown_shared_loop(timeout=5)
+  assert cancelled.is_set() and loop.is_closed() and _SharedLoop._loop is None
+  gc.collect()
+  assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+  again = _SharedLoop.acquire()  # the next run starts a new loop
+  assert again is not loop and not again.is_closed()
+  _SharedLoop.release()

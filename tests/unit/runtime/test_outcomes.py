@@ -43,3 +43,31 @@ def test_making_a_skip_counts_its_reason_once():
   live = accounting.live_counts()
   assert (live["skipped_no_event"], live["skipped_up_to_date"]) == (1, 2)
   assert accounting.summarise({"vines_in": 3, **live})["balanced"]
+
+
+@pytest.mark.usefixtures("clean_tally")
+def test_failed_monitor_line_of_a_dead_letter():
+  row = dl.make_dead_letter("r", dl.STAGE_PUBLISH, dl.TRANSIENT_EXHAUSTED,
+                            "refused: ws://a: blocked,\nrate-limited " + "x" * 900, vine_id="v1")
+  line = dl.monitor_failed(row)
+  assert line.startswith("FAILED,v1,publish,transient_exhausted,refused: ws://a: blocked, rate")
+  assert "\n" not in line and line.split(",", 4)[4] == " ".join(row["error"].split())[:500]
+  assert dl.monitor_failed({"stage": "read_rows", "error_class": "bad_input", "error": None,
+                            "vine_id": None}) == "FAILED,,read_rows,bad_input,"
+
+
+def test_a_huge_payload_is_cut_to_the_cap_and_says_so():
+  line = "\u00e9\"\\x" * (8 * 1024 * 1024)  # 40 MB of JSON text once escaped, multi-byte
+  row = dl.make_dead_letter("r", dl.STAGE_READ_ROWS, dl.BAD_INPUT, "row is not valid JSON",
+                            payload={"row": line})
+  assert len(row["payload"].encode("utf-8")) <= dl.MAX_PAYLOAD_BYTES
+  stored = json.loads(row["payload"])
+  assert stored[dl.PAYLOAD_CUT] is True
+  assert stored["payload_bytes"] > 30 * 1024 * 1024
+  assert stored["head"] and json.dumps({"row": line}, ensure_ascii=False).startswith(stored["head"])
+
+
+def test_a_payload_under_the_cap_is_stored_whole():
+  payload = {"row": "x" * (dl.MAX_PAYLOAD_BYTES - 100)}
+  assert dl.cap_payload(json.dumps(payload)) == json.dumps(payload)
+  assert dl.PAYLOAD_CUT not in json.loads(dl.cap_payload(json.dumps(payload)))
