@@ -89,7 +89,7 @@ def test_url_is_the_mp4_when_no_stream_works():
   from tests.support.short_video import short_video_item
   item = short_video_item()
   urls = dict(item.migration, hls=None, dash=None)
-  event = build_video_event(item.replace(migration=urls), 1800000000)
+  event = event_builder.build_video_event(item.replace(migration=urls), 1800000000)
   tags = {t[0]: t for t in event["tags"]}
   assert tags["url"][1] == urls["mp4"]
   assert "streaming" not in tags
