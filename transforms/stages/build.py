@@ -83,6 +83,10 @@ class BuildVideoEventFn(beam.DoFn):
           self._run_id, dl.STAGE_BUILD, dl.BAD_INPUT, "cannot build event: %s: %s"
           % (type(exc).__name__, exc), item))
       return
+    # Counted for every version built, published or up to date: what the row lacked.
+    kept = values_kept(item, replacement is not None, video is not None)
+    if kept:
+      accounting.inc(accounting.VALUES_KEPT, kept)
     changes: Dict[str, Any] = {"unsigned": None, "signed": None, "unsigned_video": None,
                                "signed_video": None}
     if replacement is not None:
@@ -96,7 +100,4 @@ class BuildVideoEventFn(beam.DoFn):
       return
     if not (changes["unsigned"] or changes["unsigned_video"]):
       accounting.inc(CATCH_UP)
-    kept = values_kept(item, bool(changes["unsigned"]), bool(changes["unsigned_video"]))
-    if kept:
-      accounting.inc(accounting.VALUES_KEPT, kept)
     yield item.replace(**changes)
