@@ -35,10 +35,12 @@ Random faults are drawn once per migrate call in the order listed above (500, 50
 429_no_retry_after, hang, reset, malformed); the rates should add up to at most 1. Faults apply after
 the auth checks (a wrong token still gets 403) and before the body is validated.
 
-Runtime-only knobs (``--config`` or ``POST /_emulator/config``): ``thumb_404_uids``, ``thumb_garbage_uids``
+Runtime-only knobs (``--config`` or ``POST /_emulator/config``): ``thumb_404_uids`` (no thumbnail: the
+200 SVG placeholder the real CDN sends), ``thumb_garbage_uids``
 (200 with HTML bytes), ``thumb_truncated_uids`` (first half of the JPEG), ``thumb_bomb_uids`` (a 50 KB PNG
 declaring 20000x20000 pixels, served as image/jpeg), ``thumb_hang_uids`` (sleep --hang-seconds first),
-``manifest_gone`` (410 for HLS/DASH manifests also with the Aug 2025 shape; the default Oct 2025 CDN always answers 410), ``fault_keyed`` (draw each
+``manifest_gone`` (410 for HLS/DASH manifests with the Aug 2025 shape too; with Oct 2025 they are always
+410, as on the real CDN), ``fault_keyed`` (draw each
 call's fault from its own generator seeded with ``(seed, vineId, call number)`` instead of one shared stream, so
 that which calls fail does not depend on the order concurrent calls arrive in; ``keyed_fault`` computes it).
 

@@ -25,14 +25,19 @@ KINDS = (32222, 34236)
 OPENVINE = OPENVINE_MEDIA_URL.split("%s")[0]
 
 
+MEDIA_TAGS = ("url", "streaming", "r", "thumb", "preview")
+IMETA_URLS = ("url", "image", "fallback")
+
+
 def event_urls(event):
-  """Every URL an event carries: tag values and imeta entries (`key <url>`)."""
+  """Every media URL an event carries: the media tags and imeta url/image/fallback entries."""
   urls = []
   for tag in event["tags"]:
-    for value in tag[1:]:
-      text = value.split(" ", 1)[1] if tag[0] == "imeta" and " " in value else value
-      if text.startswith(("http://", "https://")):
-        urls.append(text)
+    if tag[0] in MEDIA_TAGS and len(tag) >= 2:
+      urls.append(tag[1])
+    if tag[0] == "imeta":
+      urls += [entry.split(" ", 1)[1] for entry in tag[1:]
+               if " " in entry and entry.split(" ", 1)[0] in IMETA_URLS]
   return urls
 
 
