@@ -24,7 +24,8 @@ PROJECT = "my-proj-123"
 RUN_ID = "20250101T000000Z-dry123"
 DEAD_LETTER_TABLE = "%s:vine_migration.dead_letters" % PROJECT
 RESULTS_TABLE = "%s:vine_migration.results" % PROJECT
-STAGES = ["MigrateVideo", "ComputeBlurhash", "BuildVideoEvent", "SignEvent", "PublishEvents"]
+STAGES = ["MigrateVideo", "ComputeBlurhash", "VerifyUrls", "BuildVideoEvent", "SignEvent",
+          "PublishEvents"]
 GATHER = ["FlattenDeadLetters", "FlattenSkips", "FlattenMonitorLines"]
 LOCAL_SINKS = ["WriteDeadLetters", "WriteSkips", "WriteResults", "WriteMonitorLog"]
 
@@ -130,7 +131,8 @@ def test_replay_dry_run_prints_the_plan(setup, capsys, caplog):
   assert _field(out, "mode") == "replay"
   assert _steps(out) == [
       "ReadRelayEvents", "ReadDeadLetters", "ToReplayItems", "JoinWithRelayState",
-      "RefreshFromRelays", "MigrateVideo", "EnterAtBlurhash", "ComputeBlurhash", "EnterAtBuild",
+      "RefreshFromRelays", "MigrateVideo", "EnterAtBlurhash", "ComputeBlurhash", "EnterAtVerify",
+      "VerifyUrls", "EnterAtBuild",
       "BuildVideoEvent", "SignEvent", "EnterAtPublish", "PublishEvents"] + GATHER + [
       "LinkReplayedDeadLetters"] + LOCAL_SINKS + [
       "WriteResultsToBigQuery", "FlattenBigQueryFailures", "WriteBigQueryFailures"]
