@@ -183,7 +183,8 @@ class VerifyUrlsFn(AsyncDoFn):
     if not result.ok:
       accounting.inc(accounting.URLS_DEAD)
       self._counts["dead"] += 1
-      self._dead_log.log("verify: %s %s does not work: %s", slot, url, result.reason)
+      if not (slot in ("hls", "dash") and result.status == 410):  # gone since Oct 2025: expected
+        self._dead_log.log("verify: %s %s does not work: %s", slot, url, result.reason)
     return result.ok
 
   async def _first_candidates(self, url: str, slot: str) -> bool:
