@@ -47,10 +47,12 @@ Random faults are drawn once per migrate call in the order listed above (500, 50
 the auth checks (a wrong token still gets 403) and before the body is validated.
 
 Runtime-only knobs (``--config`` or ``POST /_emulator/config``), the ``thumb_*`` ones naming uids or
-vine ids (uids are random in the real mode): ``thumb_404_uids``, ``thumb_garbage_uids``
+vine ids (uids are random in the real mode): ``thumb_404_uids`` (no thumbnail: the 200 SVG placeholder
+the real CDN sends), ``thumb_garbage_uids``
 (200 with HTML bytes), ``thumb_truncated_uids`` (first half of the JPEG), ``thumb_bomb_uids`` (a 50 KB PNG
 declaring 20000x20000 pixels, served as image/jpeg), ``thumb_hang_uids`` (sleep --hang-seconds first),
-``manifest_gone`` (410 for HLS/DASH manifests, as the CDN does since Oct 2025), ``fault_keyed`` (draw each
+``manifest_gone`` (410 for HLS/DASH manifests with the Aug 2025 shape too; with Oct 2025 they are always
+410, as on the real CDN), ``fault_keyed`` (draw each
 call's fault from its own generator seeded with ``(seed, vineId, call number)`` instead of one shared stream, so
 that which calls fail does not depend on the order concurrent calls arrive in; ``keyed_fault`` computes it).
 
@@ -77,14 +79,12 @@ from aiohttp import web
 from devstack.emulator_faults import (
   add_latency,
   answer_fault,
-  answer_thumbnail_fault,
   draw_fault,
   json_error,
 )
-from devstack.emulator_media import _make_gif, _make_mp4, _make_thumbnail
+from devstack.emulator_media import add_cdn_routes
 from devstack.emulator_state import (
   API_MODES,
-  CDN_KINDS,
   RATE_KNOBS,
   SHAPES,
   EmulatorState,
@@ -204,50 +204,6 @@ async def _lookup(request):
   return web.json_response(state.lookup_body(request, record))
 
 
-_CDN_TYPES = {
-  'thumbnail.jpg': ('image/jpeg', _make_thumbnail), 'thumbnail.gif': ('image/gif', _make_gif),
-  'default.mp4': ('video/mp4', _make_mp4)}
-
-
-async def _cdn(request):
-  state = request.app[_STATE]
-  uid, kind = request.match_info['uid'], request.match_info['name']
-  if kind not in CDN_KINDS:
-    raise web.HTTPNotFound()
-  state.cdn_fetches[kind] += 1
-  cfg = state.config
-  if cfg['cdn_latency_ms'] > 0:
-    await asyncio.sleep(cfg['cdn_latency_ms'] / 1000.0)
-  if uid not in state.uids:
-    return json_error(404, error='not_found')
-  if kind in ('video.m3u8', 'video.mpd'):
-    if cfg['manifest_gone']:
-      return json_error(410, error='gone')
-    if kind == 'video.m3u8':
-      text = f'#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1000000,RESOLUTION=480x480\n/{uid}/manifest/stream.m3u8\n'
-      return web.Response(text=text, content_type='application/vnd.apple.mpegurl')
-    text = (
-      '<?xml version="1.0"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
-      f'mediaPresentationDuration="PT6S"><!-- {uid} --></MPD>\n')
-    return web.Response(text=text, content_type='application/dash+xml')
-  content_type, factory = _CDN_TYPES[kind]
-  if kind == 'thumbnail.jpg':
-    broken = await answer_thumbnail_fault(
-      state, uid, content_type, lambda: state.cached(kind, uid, factory))
-    if broken is not None:
-      return broken
-  return web.Response(body=state.cached(kind, uid, factory), content_type=content_type)
-
-
-async def _blossom(request):
-  state = request.app[_STATE]
-  record = state.by_sha.get(request.match_info['sha256'])
-  state.cdn_fetches['content.mp4' if request.path.endswith('.mp4') else 'blossom'] += 1
-  if not record:
-    return json_error(404, error='not_found')
-  return web.Response(body=_make_mp4(record['uid']), content_type='video/mp4')
-
-
 async def _stats(request):
   return web.json_response(request.app[_STATE].stats())
 
@@ -294,9 +250,7 @@ def make_app(config):
   app.router.add_get('/_emulator/stats', _stats)
   app.router.add_post('/_emulator/config', _configure)
   app.router.add_post('/_emulator/reset_stats', _reset_stats)
-  app.router.add_get(r'/{sha256:[0-9a-f]{64}}', _blossom)
-  app.router.add_get(r'/{sha256:[0-9a-f]{64}}.mp4', _blossom)  # The first answer's mp4Url.
-  app.router.add_get(r'/{uid:[0-9a-f]{32}}/{section:thumbnails|downloads|manifest}/{name}', _cdn)
+  add_cdn_routes(app, _STATE)
   return app
 
 

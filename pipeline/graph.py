@@ -40,6 +40,7 @@ from transforms.stages.join import JoinOnVineId
 from transforms.stages.migrate import MigrateVideoFn
 from transforms.stages.publish import PublishEventsFn
 from transforms.stages.sign import SignEventFn
+from transforms.stages.verify import VerifyUrlsFn
 
 PUBLISHED = "published"
 DEAD_LETTERS = "dead_letters"
@@ -175,7 +176,11 @@ def apply_stages(entries: Dict[str, beam.PCollection], opts: MigrationOptions, r
   hashed = stage("ComputeBlurhash", _enter("EnterAtBlurhash", checkpoint, entries,
                                            dl.STAGE_BLURHASH),
                  ComputeBlurhashFn(opts.cdn_base, run_id, require_blurhash=opts.require_blurhash))
-  built = stage("BuildVideoEvent", _enter("EnterAtBuild", hashed.main, entries, dl.STAGE_BUILD),
+  # Last before the builders, so every URL an event carries is checked (after the blurhash,
+  # which fetches only from --cdn-base and decodes real images only, a placeholder fails).
+  verified = stage("VerifyUrls", _enter("EnterAtVerify", hashed.main, entries, dl.STAGE_VERIFY),
+                   VerifyUrlsFn(opts.cdn_base, run_id, enabled=not opts.no_verify_urls))
+  built = stage("BuildVideoEvent", _enter("EnterAtBuild", verified.main, entries, dl.STAGE_BUILD),
                 BuildVideoEventFn(run_id, force_republish=opts.force_republish,
                                   event_kind=opts.event_kind))
   signed = stage("SignEvent", built.main, SignEventFn(opts.keys_db, run_id, kek_spec=opts.kek))

@@ -39,6 +39,8 @@ HELP_GROUPS = (
     ("migration", "the migration API and the thumbnails",
      ("--migration-api", "--token-secret", "--cdn-base", "--api-limit", "--retry-attempts",
       "--retry-base-delay", "--api-timeout", "--force-remigrate", "--require-blurhash")),
+    ("verification", "media URLs checked on the CDN before they are published",
+     ("--no-verify-urls",)),
     ("publishing", "what is published, and where",
      ("--event-kind", "--publish-limit", "--min-relays", "--force-republish")),
     ("outputs", "what a run leaves behind",
@@ -187,6 +189,10 @@ class MigrationOptions(PipelineOptions):
     parser.add_argument("--require-blurhash", dest="require_blurhash", action="store_true",
                         help="Dead-letter a vine whose thumbnail cannot be hashed instead of "
                         "publishing it without a blurhash.")
+    parser.add_argument("--no-verify-urls", dest="no_verify_urls", action="store_true",
+                        help="Publish the media URLs without checking them on the CDN (they "
+                        "are checked by default: only URLs answering 200 with a media type "
+                        "are published, docs/stages.md).")
     parser.add_argument("--test", dest="test_mode", action="store_true",
                         help="Test mode: only the first page (500 events) of each relay; rows of "
                         "vines without a read event are not judged.")

@@ -84,8 +84,9 @@ def test_relay_holds_one_new_valid_version_per_address(stack, first_run):
     assert tags["stream_uid"] == [[uid]]
     assert tags["migration"] == [["openvine-to-stream", uid]]
     assert tags["client"] == [["divine.video"]]
-    assert tags["r"][0][0] in ("%s/%s/downloads/default.mp4" % (stack.emulator.url, uid),
-                               "%s/%s.mp4" % (stack.emulator.url, found["sha256"]))
+    mp4 = tags["r"][0][0]  # content-addressed (/{sha256}.mp4) when known, else by uid
+    assert mp4.startswith(stack.emulator.url + "/") and mp4.endswith(".mp4")
+    assert tags["url"] == [[mp4]] and "streaming" not in tags  # the CDN answers 410 for HLS
     imeta = tags["imeta"][0]
     assert any(v.startswith("blurhash ") and len(v) > 20 for v in imeta)
     row = rows.get(vine_id)

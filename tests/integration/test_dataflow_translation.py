@@ -45,9 +45,10 @@ PROJECT = "my-proj-123"
 DATASET = "vine_archive"
 RUN_ID = "20250101T000000Z-abc123"
 EXPECTED = ("ReadVineRows", "ReadRelayEvents", "JoinOnVineId", "MigrateVideo",
-            "ComputeBlurhash", "BuildVideoEvent", "SignEvent", "PublishEvents",
+            "ComputeBlurhash", "VerifyUrls", "BuildVideoEvent", "SignEvent", "PublishEvents",
             "FlattenDeadLetters", "WriteDeadLetters")
 STAGE_DOFNS = {"MigrateVideo": "MigrateVideoFn", "ComputeBlurhash": "ComputeBlurhashFn",
+               "VerifyUrls": "VerifyUrlsFn",
                "BuildVideoEvent": "BuildVideoEventFn", "SignEvent": "SignEventFn",
                "PublishEvents": "PublishEventsFn", "ReadVineRows/ParseRows": "ParseRowFn"}
 

@@ -25,7 +25,7 @@ RUN_ID = "20250101T000000Z-dry123"
 DEAD_LETTER_TABLE = "%s:vine_migration.dead_letters" % PROJECT
 RESULTS_TABLE = "%s:vine_migration.results" % PROJECT
 STAGES = ["CapMigrateCalls", "MigrateVideo", "CheckpointMigrated", "ComputeBlurhash",
-          "BuildVideoEvent", "SignEvent", "CapPublishes", "PublishEvents"]
+          "VerifyUrls", "BuildVideoEvent", "SignEvent", "CapPublishes", "PublishEvents"]
 GATHER = ["FlattenDeadLetters", "FlattenSkips", "FormatFailedLines", "FlattenMonitorLines"]
 LOCAL_SINKS = ["WriteDeadLetters", "WriteSkips", "WriteResults", "WriteMonitorLog"]
 
@@ -132,8 +132,8 @@ def test_replay_dry_run_prints_the_plan(setup, capsys, caplog):
   assert _steps(out) == [
       "ReadRelayEvents", "ReadDeadLetters", "ToReplayItems", "JoinWithRelayState",
       "RefreshFromRelays", "CapMigrateCalls", "MigrateVideo", "CheckpointMigrated",
-      "EnterAtBlurhash", "ComputeBlurhash", "EnterAtBuild", "BuildVideoEvent", "SignEvent",
-      "EnterAtPublish", "CapPublishes", "PublishEvents"] + GATHER + [
+      "EnterAtBlurhash", "ComputeBlurhash", "EnterAtVerify", "VerifyUrls", "EnterAtBuild",
+      "BuildVideoEvent", "SignEvent", "EnterAtPublish", "CapPublishes", "PublishEvents"] + GATHER + [
       "LinkReplayedDeadLetters"] + LOCAL_SINKS + [
       "WriteResultsToBigQuery", "FlattenBigQueryFailures", "WriteBigQueryFailures"]
   assert _field(out, "replay from") == "bq:%s" % DEAD_LETTER_TABLE

@@ -2,7 +2,7 @@
 
 One local stack (a relay process and the migration API emulator), module-scoped: a
 refused token, a 20 % mix of transient API faults with a fixed seed, a vine that always
-fails, and broken thumbnails (404, not an image, truncated, a decompression bomb, a
+fails, and broken thumbnails (missing: the SVG placeholder, not an image, truncated, a decompression bomb, a
 hang), then the same with --require-blurhash. Relay faults are in test_relay_faults.py,
 re-runs and a crash in test_reruns.py.
 
@@ -173,7 +173,8 @@ def test_require_blurhash_dead_letters_broken_thumbnails(api_stack, fault_run, r
   dead = {(d["stage"], d["vine_id"]): d for d in out["dead_letters"]}
   assert set(dead) == {("blurhash", thumb[k]) for k in ("404", "garbage", "truncated", "bomb")} | {
       ("migrate", fault_run["always_fail"])}
-  why = {"404": "thumbnail HTTP 404", "garbage": "not a recognised image",
+  # A missing thumbnail is the CDN's 200 SVG placeholder, which is not an image either.
+  why = {"404": "not a recognised image", "garbage": "not a recognised image",
          "truncated": "truncated image data", "bomb": "decompression-bomb cap"}
   for kind, fragment in why.items():
     letter = dead[("blurhash", thumb[kind])]

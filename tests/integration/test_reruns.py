@@ -194,7 +194,8 @@ def test_update_existing_adds_metadata_once_and_keeps_stream_urls(rerun_stack, c
   assert tags["username"] == ["Orphan Annie"] and after["content"] == row["description"]
   assert ["t", "found"] in after["tags"]
   for name in ("url", "streaming", "r", "thumb", "preview", "stream_uid", "migration"):
-    assert tags[name] == [t for t in before["tags"] if t[0] == name][0][1:], name
+    # `streaming` is in neither: the CDN answers 410 for HLS, so VerifyUrls never publishes it.
+    assert tags.get(name) == next((t[1:] for t in before["tags"] if t[0] == name), None), name
   assert blurhash_of(after) == blurhash_of(before)
   # Once: the next run finds it up to date.
   code, run_dir, summary = run_pipeline(rerun_stack, tmp_path / "b", ["--rows", str(rows)])

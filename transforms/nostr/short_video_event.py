@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 from transforms.core.ids import HEX64_RE, OPENVINE_MEDIA_URL, usable_openvine_id
 from transforms.core.records import MIGRATION_NAME, MIGRATION_TAG, SHORT_VIDEO_KIND, WorkItem
 from transforms.core.text import clean_text
+from transforms.nostr.carry_over import merged_hashtags, merged_metadata
 from transforms.nostr.event import first_tag_value
 from transforms.nostr.video_event import (
   CLIENT_NAME,
@@ -88,6 +89,11 @@ def _imeta(item: WorkItem, urls: Dict[str, Any], old_tags: List[List[str]],
   return imeta
 
 
+def previous_events(item: WorkItem) -> List[Dict[str, Any]]:
+  """The versions a 34236 event replaces or derives from: its own address's, then the 32222."""
+  return ([item.video.event] if item.video is not None else []) + [item.source.event]
+
+
 def build_short_video_event(item: WorkItem, now: int) -> Dict[str, Any]:
   """The unsigned NIP-71 kind 34236 event of a migrated item.
 
@@ -115,17 +121,14 @@ def build_short_video_event(item: WorkItem, now: int) -> Dict[str, Any]:
   add_tag(tags, "d", d_value)
   add_tag(tags, "title", title)
   tags.append(_imeta(item, urls, old_tags, alt))
-  if row:
-    add_tag(tags, "published_at", row.created_timestamp)
-    for name, field in _COUNTS:
-      add_tag(tags, name, getattr(row, field))
-    hashtags = list(row.hashtags)
-  else:  # without BigQuery metadata keep what the old 32222 event said
-    add_tag(tags, "published_at", first_tag_value(old_tags, "published_at"))
-    for name, _ in _COUNTS:
-      add_tag(tags, name, first_tag_value(old_tags, name))
-    hashtags = [tag[1] for tag in old_tags if len(tag) >= 2 and tag[0] == "t"]
-  for hashtag in hashtags[:MAX_HASHTAGS]:
+  # A value the row lacks (NULL, out of range) keeps the previous version's: this
+  # address's 34236 first, then the 32222 event (carry_over).
+  previous = previous_events(item)
+  values, _ = merged_metadata(row, previous)
+  add_tag(tags, "published_at", values["published_at"])
+  for name, _ in _COUNTS:
+    add_tag(tags, name, values[name])
+  for hashtag in merged_hashtags(row, previous)[:MAX_HASHTAGS]:
     add_tag(tags, "t", hashtag)
   add_tag(tags, "origin", "vine", item.vine_id, VINE_URL % item.vine_id)
   add_tag(tags, "alt", alt)

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 from transforms.core.ids import OPENVINE_MEDIA_URL, usable_openvine_id
 from transforms.core.records import MIGRATION_NAME, MIGRATION_TAG, VIDEO_KIND, WorkItem
 from transforms.core.text import clean_text
+from transforms.nostr.carry_over import METADATA_FIELDS, merged_hashtags, merged_metadata
 from transforms.nostr.event import first_tag_value
 
 CLIENT_NAME = "divine.video"
@@ -96,28 +97,21 @@ def build_video_event(item: WorkItem, now: int) -> Dict[str, Any]:
   tags: List[List[str]] = []
   add_tag(tags, "d", d_value)
   add_tag(tags, "title", video_title(item))
-  add_tag(tags, "url", urls.get("hls"))
+  # The best working video URL: HLS, else the MP4 (the CDN answers 410 for HLS since Oct
+  # 2025, and VerifyUrls leaves only working URLs), else DASH.
+  add_tag(tags, "url", best_video_url(urls))
   add_tag(tags, "streaming", urls.get("hls"), "hls")
   add_tag(tags, "r", urls.get("mp4"), "download")
   add_tag(tags, "thumb", urls.get("thumbnail"))
   add_tag(tags, "preview", urls.get("animated_thumbnail"))
   add_tag(tags, "vine_id", item.vine_id)
   add_tag(tags, "stream_uid", uid)
-  if row:
-    add_tag(tags, "published_at", row.created_timestamp)
-    add_tag(tags, "loops", row.loops)
-    add_tag(tags, "likes", row.likes)
-    add_tag(tags, "comments", row.comment_count)
-    add_tag(tags, "reposts", row.repost_count)
-    add_tag(tags, "username", row.username)
-    for hashtag in row.hashtags[:MAX_HASHTAGS]:
-      add_tag(tags, "t", hashtag)
-  else:
-    # Without BigQuery metadata keep what the old event said.
-    for name in ("published_at", "loops", "likes", "comments", "reposts", "username"):
-      add_tag(tags, name, first_tag_value(old_tags, name))
-    for value in [tag[1] for tag in old_tags if len(tag) >= 2 and tag[0] == "t"][:MAX_HASHTAGS]:
-      add_tag(tags, "t", value)
+  # A value the row lacks (NULL, out of range) keeps the old event's (carry_over).
+  values, _ = merged_metadata(row, [old])
+  for name, _field in METADATA_FIELDS:
+    add_tag(tags, name, values[name])
+  for hashtag in merged_hashtags(row, [old])[:MAX_HASHTAGS]:
+    add_tag(tags, "t", hashtag)
   add_tag(tags, "client", CLIENT_NAME)
   add_tag(tags, MIGRATION_TAG, MIGRATION_NAME, uid)
 
@@ -133,7 +127,8 @@ def build_video_event(item: WorkItem, now: int) -> Dict[str, Any]:
                      ("duration", duration), ("blurhash", item.blurhash),
                      ("image", urls.get("thumbnail")), ("fallback", urls.get("hls")),
                      ("fallback", urls.get("dash")), ("fallback", source),
-                     ("alt", " ".join((description or "").split()) or None)):
+                     ("alt", " ".join((description or "").split())
+                      or imeta_field(old_tags, "alt"))):
     if value is not None and str(value).strip():
       imeta.append(trim_utf8(clean_text("%s %s" % (key, value))))
   if len(imeta) > 2:
@@ -142,6 +137,11 @@ def build_video_event(item: WorkItem, now: int) -> Dict[str, Any]:
   created_at = max(int(now), int(old["created_at"]) + 1)
   tags, text = fit_event_size(tags, trim_utf8(clean_text(content or ""), MAX_CONTENT_BYTES))
   return {"kind": VIDEO_KIND, "created_at": created_at, "tags": tags, "content": text}
+
+
+def best_video_url(urls: Dict[str, Any]) -> Optional[str]:
+  """The `url` tag's value: HLS when there is one, else the MP4, else DASH."""
+  return urls.get("hls") or urls.get("mp4") or urls.get("dash")
 
 
 def _event_bytes(tags: List[List[str]], content: str) -> int:

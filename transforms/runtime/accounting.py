@@ -59,6 +59,11 @@ FAILED_MIGRATIONS = "failed_migrations"
 METADATA_MISSING = "metadata_missing"
 BLURHASH_MISSING = "blurhash_missing"
 THROTTLING_SECONDS = "cumulativeThrottlingSeconds"
+# VerifyUrls: media URLs checked on the CDN, and those that did not work (not published).
+URLS_CHECKED = "urls_checked"
+URLS_DEAD = "urls_dead"
+# BuildVideoEvent: tag values a new version kept from the previous one (the row lacked them).
+VALUES_KEPT = "values_kept_from_previous"
 SEED_STATS = (EVENTS_CHECKED, VIDEOS_MIGRATED, VIDEOS_ALREADY_MIGRATED, VIDEOS_REPUBLISHED,
               FAILED_MIGRATIONS, MIGRATIONS_REUSED, METADATA_MISSING, BLURHASH_MISSING)
 

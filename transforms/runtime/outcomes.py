@@ -39,11 +39,12 @@ STAGE_READ_EVENTS = "read_events"
 STAGE_JOIN = "join"
 STAGE_MIGRATE = "migrate"
 STAGE_BLURHASH = "blurhash"
+STAGE_VERIFY = "verify"
 STAGE_BUILD = "build"
 STAGE_SIGN = "sign"
 STAGE_PUBLISH = "publish"
 STAGES = (STAGE_READ_ROWS, STAGE_READ_EVENTS, STAGE_JOIN, STAGE_MIGRATE, STAGE_BLURHASH,
-          STAGE_BUILD, STAGE_SIGN, STAGE_PUBLISH)
+          STAGE_VERIFY, STAGE_BUILD, STAGE_SIGN, STAGE_PUBLISH)
 
 # Error classes (the `error_class` column).
 TRANSIENT_EXHAUSTED = "transient_exhausted"

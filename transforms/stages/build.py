@@ -4,7 +4,8 @@ BuildVideoEventFn turns a migrated WorkItem into its unsigned events (the 32222
 replacement, the NIP-71 34236 event, or both: --event-kind) and skips items whose
 events would not change (`up_to_date`), so re-runs do not churn relays. The events
 themselves are built by pure functions (`transforms.nostr.video_event`,
-`transforms.nostr.short_video_event`).
+`transforms.nostr.short_video_event`); a value today's row lacks keeps the previous
+version's (`transforms.nostr.carry_over`), counted `values_kept_from_previous`.
 """
 
 import time
@@ -21,7 +22,8 @@ from transforms.core.records import (
   SourceEvent,
   WorkItem,
 )
-from transforms.nostr.short_video_event import build_short_video_event
+from transforms.nostr.carry_over import kept_names
+from transforms.nostr.short_video_event import build_short_video_event, previous_events
 from transforms.nostr.video_event import build_video_event, is_up_to_date
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
@@ -43,6 +45,12 @@ def plan_event(old: Optional[SourceEvent], new_unsigned: Dict[str, Any],
   if old.missing_on:
     return None, old.event
   return None, None
+
+
+def values_kept(item: WorkItem, replacement: bool, video: bool) -> int:
+  """Tag values the new versions keep from the previous ones because the row lacks them."""
+  kept = len(kept_names(item.row, [item.source.event])) if replacement else 0
+  return kept + (len(kept_names(item.row, previous_events(item))) if video else 0)
 
 
 class BuildVideoEventFn(beam.DoFn):
@@ -75,6 +83,10 @@ class BuildVideoEventFn(beam.DoFn):
           self._run_id, dl.STAGE_BUILD, dl.BAD_INPUT, "cannot build event: %s: %s"
           % (type(exc).__name__, exc), item))
       return
+    # Counted for every version built, published or up to date: what the row lacked.
+    kept = values_kept(item, replacement is not None, video is not None)
+    if kept:
+      accounting.inc(accounting.VALUES_KEPT, kept)
     changes: Dict[str, Any] = {"unsigned": None, "signed": None, "unsigned_video": None,
                                "signed_video": None}
     if replacement is not None:

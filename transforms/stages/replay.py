@@ -37,12 +37,14 @@ REPLAY_KEYS = ("run_id", "stage", "error_class", "since", "until")
 ENTRY_STAGE = {
     dl.STAGE_MIGRATE: dl.STAGE_MIGRATE,
     dl.STAGE_BLURHASH: dl.STAGE_BLURHASH,
+    dl.STAGE_VERIFY: dl.STAGE_VERIFY,
     dl.STAGE_BUILD: dl.STAGE_BUILD,
     dl.STAGE_SIGN: dl.STAGE_BUILD,
     dl.STAGE_PUBLISH: dl.STAGE_PUBLISH,
 }
 # RefreshFromRelaysFn's outputs: one per stage an item can enter at.
-ENTRY_STAGES = (dl.STAGE_MIGRATE, dl.STAGE_BLURHASH, dl.STAGE_BUILD, dl.STAGE_PUBLISH)
+ENTRY_STAGES = (dl.STAGE_MIGRATE, dl.STAGE_BLURHASH, dl.STAGE_VERIFY, dl.STAGE_BUILD,
+                dl.STAGE_PUBLISH)
 SKIP_NOT_REPLAYABLE = "not_replayable"
 REPLAY_NOTE = "replay_of="
 UNFILTERED = "unfiltered"

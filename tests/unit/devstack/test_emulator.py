@@ -210,8 +210,9 @@ def test_thumbnails_are_distinct_480_jpegs(emu):
   assert emu.stats()['cdn_fetches']['thumbnail.jpg'] == 2
 
 
-def test_unknown_uid_is_404(emu):
-  r = requests.get(f'{emu.url}/{"0" * 32}/thumbnails/thumbnail.jpg', timeout=10)
+def test_unknown_uid_mp4_is_404(emu):
+  # Its thumbnail is the CDN's SVG placeholder (test_emulator_media.py).
+  r = requests.get(f'{emu.url}/{"0" * 32}/downloads/default.mp4', timeout=10)
   assert r.status_code == 404
 
 

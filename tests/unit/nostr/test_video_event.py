@@ -83,3 +83,15 @@ def test_up_to_date_detects_unchanged_republish():
   urls = event_builder.existing_urls(first)
   assert urls["mp4"] == "https://cdn/v.mp4" and urls["blurhash"] == item.blurhash
   assert urls["dash"] == "https://cdn/d.mpd"
+
+
+def test_url_is_the_mp4_when_no_stream_works():
+  from tests.support.short_video import short_video_item
+  item = short_video_item()
+  urls = dict(item.migration, hls=None, dash=None)
+  event = event_builder.build_video_event(item.replace(migration=urls), 1800000000)
+  tags = {t[0]: t for t in event["tags"]}
+  assert tags["url"][1] == urls["mp4"]
+  assert "streaming" not in tags
+  imeta = tags["imeta"]
+  assert not any(e.endswith((".m3u8", ".mpd")) for e in imeta)

@@ -46,3 +46,16 @@ def test_plan_event_forces_a_new_version():
   assert plan_event(records.to_source_event(video), rebuilt, force=False) == (None, None)
   assert plan_event(records.to_source_event(video), rebuilt, force=True) == (rebuilt, None)
   assert plan_event(None, rebuilt, force=False) == (rebuilt, None)
+
+
+def test_values_kept_from_the_previous_version_are_counted():
+  from tests.support.short_video import short_video_item, signed_event
+  from transforms.core import records, rows
+  from transforms.stages.build import values_kept
+  old = signed_event([["d", "MYxVapFvz2z"], ["published_at", "1400000000"], ["likes", "7"]])
+  row = rows.parse_row({"vineId": "MYxVapFvz2z", "likes": None, "created_timestamp": None,
+                        "loops": 1, "hashtags": ["x"]})
+  item = short_video_item().replace(source=records.to_source_event(old), row=row)
+  assert values_kept(item, True, False) == 2
+  assert values_kept(item, True, True) == 4  # the 34236 version keeps them too
+  assert values_kept(item.replace(row=None), True, True) == 0  # no row: metadata_missing
