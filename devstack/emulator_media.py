@@ -134,8 +134,10 @@ def add_cdn_routes(app, state_key):
       return _manifest(uid, kind)
     content_type, factory = _CDN_TYPES[kind]
     if kind.startswith('thumbnail.'):
-      if uid not in state.uids or uid in cfg['thumb_404_uids']:
-        if uid in cfg['thumb_404_uids']:
+      # The thumb_* knobs name a uid or its vine id (uids are random in the real mode).
+      missing = {uid, (state.uids.get(uid) or {}).get('vineId')} & set(cfg['thumb_404_uids'])
+      if uid not in state.uids or missing:
+        if missing:
           state.faults['thumb_404'] += 1
         return _placeholder()
       if kind == 'thumbnail.jpg':
