@@ -171,7 +171,7 @@ def apply_stages(entries: Dict[str, beam.PCollection], opts: MigrationOptions, r
   migrated = stage("MigrateVideo", to_migrate, MigrateVideoFn(
       opts.migration_api, opts.cdn_base, run_id, max_in_flight=opts.api_limit,
       policy=_retry_policy(opts), force_remigrate=opts.force_remigrate,
-      token_secret=opts.token_secret).takes_groups())
+      token_secret=opts.token_secret, stop_on_config=not streaming).takes_groups())
   checkpoint = migrated.main | "CheckpointMigrated" >> beam.Reshuffle()
   hashed = stage("ComputeBlurhash", _enter("EnterAtBlurhash", checkpoint, entries,
                                            dl.STAGE_BLURHASH),

@@ -32,9 +32,7 @@ Input: (vine_id, SourceEvent). Outputs: WorkItem (main) and dead letters.
 import collections
 import json
 import logging
-import threading
 import time
-import zlib
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
@@ -50,7 +48,6 @@ from apache_beam.transforms.userstate import (
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from transforms.clients.secrets import scrub
 from transforms.core.backoff import exponential_backoff
 from transforms.core.ids import is_vine_id
 from transforms.core.records import BadInput, VineRow, WorkItem
@@ -58,6 +55,7 @@ from transforms.core.rows import parse_row
 from transforms.io.vine_rows import seed_query
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
+from transforms.runtime.cap import shard_of
 from transforms.runtime.outcomes import StopRun
 
 _LOG = logging.getLogger(__name__)
@@ -133,35 +131,8 @@ def is_config_error(exc: BaseException) -> bool:
   return not any(reason in _TRANSIENT_REASONS for reason in reasons)
 
 
-class _ConfigLatch:
-  """The first configuration error of this worker process: reported once, then no calls."""
-
-  def __init__(self):
-    self._lock = threading.Lock()
-    self.reason: Optional[str] = None
-
-  def trip(self, exc: BaseException) -> str:
-    with self._lock:
-      if self.reason is None:
-        self.reason = "%s: %s" % (type(exc).__name__, (str(exc).splitlines() or [""])[0][:300])
-        _LOG.error("LookupVineRows: configuration error, no more lookups from this worker "
-                   "process; every event is a read_rows dead letter (class config) until the "
-                   "job is drained and restarted with the fix (docs/streaming.md): %s",
-                   scrub(self.reason))
-        accounting.inc(ROW_LOOKUP_CONFIG_ERRORS)
-      return self.reason
-
-  def reset(self) -> None:  # tests
-    with self._lock:
-      self.reason = None
-
-
-CONFIG_LATCH = _ConfigLatch()
-
-
-def lookup_shard(vine_id: str, shards: int = LOOKUP_SHARDS) -> int:
-  """A stable shard of a vine id (the same on every worker), the key of its batch."""
-  return zlib.crc32(vine_id.encode("utf-8", "surrogatepass")) % shards
+CONFIG_LATCH = dl.ConfigLatch("LookupVineRows", "every event is a read_rows dead letter (class "
+                               "config)", ROW_LOOKUP_CONFIG_ERRORS)
 
 
 class BatchByShardFn(beam.DoFn):
@@ -337,7 +308,7 @@ class LookupVineRows(beam.PTransform):
   def expand(self, keyed):
     looked_up = (
         keyed
-        | "KeyByLookupShard" >> beam.Map(lambda kv: (lookup_shard(kv[0]), kv)).with_output_types(
+        | "KeyByLookupShard" >> beam.Map(lambda kv: (shard_of(kv[0], LOOKUP_SHARDS), kv)).with_output_types(
             Tuple[int, Any])
         | "BatchLookups" >> beam.ParDo(BatchByShardFn(self._batch_size, self._max_wait))
         | "LookupRows" >> dl.tagged(self._fn))

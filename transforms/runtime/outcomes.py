@@ -17,6 +17,8 @@ cut (`cap_payload`), so one bad input never becomes a dead letter as big as itse
 """
 
 import json
+import logging
+import threading
 from typing import Any, Dict, Optional
 
 import apache_beam as beam
@@ -182,3 +184,39 @@ class StopRun(RuntimeError):
   Raised out of the DoFn on purpose: burning the whole corpus into dead letters
   would help nobody.
   """
+
+
+class ConfigLatch:
+  """A streaming stage's first configuration error in this worker process: reported once.
+
+  In streaming, raising `StopRun` out of a DoFn makes Dataflow retry the bundle forever
+  and the stream stalls with no word to the operator. A stage that runs in streaming
+  trips its latch instead: one ERROR line and one counter per process, no more calls,
+  and every item after that a dead letter of class `config` (the job is drained and
+  restarted with the fix; docs/streaming.md).
+  """
+
+  def __init__(self, stage_label: str, consequence: str, counter: str):
+    self._stage_label = stage_label
+    self._consequence = consequence
+    self._counter = counter
+    self._lock = threading.Lock()
+    self.reason: Optional[str] = None
+
+  def trip(self, error: Any) -> str:
+    """Records the first error (logged once, counted once) and returns the reason."""
+    with self._lock:
+      if self.reason is None:
+        text = ("%s: %s" % (type(error).__name__, error)
+                if isinstance(error, BaseException) else str(error))
+        self.reason = (text.splitlines() or [""])[0][:300]
+        logging.getLogger(__name__).error(
+            "%s: configuration error, no more calls from this worker process; %s until the "
+            "job is drained and restarted with the fix (docs/streaming.md): %s",
+            self._stage_label, self._consequence, secret_values.scrub(self.reason))
+        accounting.inc(self._counter)
+      return self.reason
+
+  def reset(self) -> None:  # tests
+    with self._lock:
+      self.reason = None

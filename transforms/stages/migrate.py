@@ -34,6 +34,9 @@ from transforms.stages.earlier_migrations import confirmed_urls, earlier_claim, 
 _LOG = logging.getLogger(__name__)
 
 MIGRATE_CALLS = "migrate_calls"
+MIGRATE_CONFIG_ERRORS = "migrate_config_errors"  # streaming: once per worker process
+CONFIG_LATCH = dl.ConfigLatch("MigrateVideo", "every vine is a migrate dead letter (class config)",
+                              MIGRATE_CONFIG_ERRORS)
 
 
 def _count_lookups(n: int) -> None:
@@ -89,8 +92,12 @@ class MigrateVideoFn(AsyncDoFn):
 
   def __init__(self, api_url: str, cdn_base: str, run_id: str, max_in_flight: int,
                policy: RetryPolicy = RetryPolicy(), force_remigrate: bool = False,
-               token_env: str = secret_values.TOKEN_ENV_VAR, token_secret: str = "", sleep=None):
+               token_env: str = secret_values.TOKEN_ENV_VAR, token_secret: str = "", sleep=None,
+               stop_on_config: bool = True):
     super().__init__(max_in_flight)
+    # Batch: a configuration error stops the run (StopRun). Streaming: Dataflow would retry
+    # that forever, so the error trips CONFIG_LATCH and items become `config` dead letters.
+    self._stop_on_config = stop_on_config
     self._api_url = api_url
     self._cdn_base = cdn_base
     self._run_id = run_id
@@ -103,10 +110,14 @@ class MigrateVideoFn(AsyncDoFn):
   async def async_setup(self):
     # The token is read here, on the worker: from Secret Manager when a secret is
     # named (Dataflow), else from the environment. It never passes a constructor.
+    self._client = None
     try:
       token = secret_values.resolve_token(self._token_env, self._token_secret or None)
     except secret_values.SecretError as exc:
-      raise StopRun("migration API token: %s" % exc) from None
+      if self._stop_on_config:
+        raise StopRun("migration API token: %s" % exc) from None
+      CONFIG_LATCH.trip("migration API token: %s" % exc)
+      return
     kwargs = {"sleep": self._sleep} if self._sleep else {}
     self._client = MigrationClient(self._api_url, token, self._cdn_base, policy=self._policy,
                                    max_connections=self._max_in_flight, **kwargs)
@@ -116,7 +127,8 @@ class MigrateVideoFn(AsyncDoFn):
     return {"api": self._api_url, "force_remigrate": self._force}
 
   async def async_teardown(self):
-    await self._client.close()
+    if self._client is not None:
+      await self._client.close()
 
   def _dead(self, item: WorkItem, error_class: str, error: str, **kwargs) -> List[Any]:
     accounting.inc(accounting.FAILED_MIGRATIONS)
@@ -150,6 +162,8 @@ class MigrateVideoFn(AsyncDoFn):
     return item.replace(migration=confirmed_urls(found)), 1
 
   async def _handle(self, item: WorkItem) -> List[Any]:
+    if CONFIG_LATCH.reason is not None and not self._stop_on_config:
+      return self._dead(item, dl.CONFIG, "migration stopped: %s" % CONFIG_LATCH.reason)
     reused, lookups = await self._confirmed(item)
     if reused is not None:
       return [reused]
@@ -165,9 +179,10 @@ class MigrateVideoFn(AsyncDoFn):
       return self._dead(item, dl.BAD_INPUT, "openvine id %s refused: %s" % (shown, exc))
     result = await self._client.migrate(item.vine_id, openvine_id)
     if result.kind == "config":
-      # Before any counter: increments made off a Beam thread wait for a flush that a
-      # stopped run never does, and would leak into the next run of the same process.
-      raise StopRun("migration API: %s" % result.error)
+      if self._stop_on_config:  # the run stops: nothing of this item is counted
+        raise StopRun("migration API: %s" % result.error)
+      return self._dead(item, dl.CONFIG,
+                        "migration API: %s" % CONFIG_LATCH.trip("migration API: %s" % result.error))
     accounting.inc(MIGRATE_CALLS, result.attempts)
     _count_lookups(lookups + result.lookups)
     accounting.add_seconds(accounting.THROTTLING_SECONDS, result.throttled_seconds)

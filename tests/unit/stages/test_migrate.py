@@ -30,6 +30,7 @@ from transforms.nostr import short_video_event as nip71_event
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
 from transforms.stages import earlier_migrations
+from transforms.stages import migrate as migrate_stage
 from transforms.stages.earlier_migrations import earlier_claim
 from transforms.stages.migrate import MigrateVideoFn, reuse_migration
 
@@ -192,3 +193,37 @@ def test_two_items_of_one_vine_never_have_calls_in_flight_at_once():
   _run(fn, client, *items)
   assert client.migrated == [VINE_ID, VINE_ID] and client.max_in_flight == 1
   assert earlier_migrations._VINE_LOCKS == {}  # pylint: disable=protected-access
+
+
+class _RefusingClient(FakeClient):
+  """The API answers every migration with a configuration error (a revoked token)."""
+
+  async def migrate(self, vine_id, openvine_id):
+    self.migrated.append(vine_id)
+    return MigrationResult(vine_id, openvine_id, "config", attempts=1,
+                           error="migration API refused the token (HTTP 403)")
+
+
+@pytest.mark.usefixtures("clean_tally")
+def test_streaming_config_error_is_reported_once_and_stops_the_calls(caplog, monkeypatch):
+  """Streaming: no StopRun (Dataflow would retry it forever); one ERROR line and one counter
+  per process, no call after the first, and every vine a `config` dead letter."""
+  monkeypatch.setattr(migrate_stage, "CONFIG_LATCH", dl.ConfigLatch(
+      "MigrateVideo", "every vine is a migrate dead letter", migrate_stage.MIGRATE_CONFIG_ERRORS))
+  fn = MigrateVideoFn("http://127.0.0.1:1", CDN, "run", max_in_flight=1, stop_on_config=False)
+  client = _RefusingClient()
+  items = [_legacy_item([]).replace(vine_id="MYxVapFvz%02d" % n) for n in range(3)]
+  with caplog.at_level(logging.ERROR):
+    outs = [_run(fn, client, item)[0] for item in items]  # one after another
+  assert client.migrated == [items[0].vine_id]
+  letters = [out.value for (out,) in outs]
+  assert [(d["stage"], d["error_class"]) for d in letters] == [("migrate", dl.CONFIG)] * 3
+  assert "refused the token" in letters[2]["error"]
+  assert sum("configuration error" in r.getMessage() for r in caplog.records) == 1
+  assert accounting.live_counts()[migrate_stage.MIGRATE_CONFIG_ERRORS] == 1
+
+
+def test_batch_config_error_stops_the_run():
+  fn = MigrateVideoFn("http://127.0.0.1:1", CDN, "run", max_in_flight=1)
+  with pytest.raises(dl.StopRun):
+    _run(fn, _RefusingClient(), _legacy_item([]))
