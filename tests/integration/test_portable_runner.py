@@ -103,6 +103,8 @@ def test_published_vines_are_the_corpus_expectation(stack, portable_run):
   # One API call per migrated vine, and the outputs are where the launcher asked for them.
   calls = portable_run["emulator"]["migrate_calls"]
   assert calls and max(calls.values()) == 1
+  # The job-wide cap holds in a worker the launcher knows nothing about.
+  assert 1 <= portable_run["emulator"]["max_in_flight"] <= API_LIMIT
   assert not os.path.exists(os.path.join(portable_run["worker_dir"], "out"))
 
 
