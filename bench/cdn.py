@@ -10,7 +10,9 @@ with one of `--pool` JPEGs rendered at start-up by the emulator's own renderer
 (chosen by the uid, so the same uid always gets the same bytes), over HTTP/1.1
 keep-alive, from a bare asyncio protocol: a few tens of microseconds a request.
 The pipeline's work per thumbnail (fetch, draft-mode decode, resize, hash) is the
-same as against the emulator. Other paths get 404.
+same as against the emulator. `VerifyUrls` checks the media URLs as on the real CDN:
+HEAD or GET of `.mp4` answers video/mp4, `thumbnail.gif` image/gif, manifests 410 (gone,
+as on the real CDN). Other paths get 404.
 """
 
 import argparse
@@ -27,6 +29,8 @@ from devstack.emulator_media import _make_thumbnail  # pylint: disable=protected
 from devstack.processes import terminate
 
 _THUMB_SUFFIX = b"/thumbnails/thumbnail.jpg"
+_SMALL_BODIES = ((b".mp4", b"video/mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 1000),
+                 (b"/thumbnails/thumbnail.gif", b"image/gif", b"GIF89a" + b"\x00" * 100))
 
 
 def render_pool(size: int) -> List[bytes]:
@@ -58,14 +62,26 @@ class _CdnProtocol(asyncio.Protocol):
       self._transport.write(self._answer(request_line[0] if request_line else b"", path))
 
   def _answer(self, method: bytes, path: bytes) -> bytes:
+    if method not in (b"GET", b"HEAD"):
+      return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
     uid = path[1:33]
-    if method == b"GET" and path.endswith(_THUMB_SUFFIX) and len(path) == 33 + len(
-        _THUMB_SUFFIX):
-      self._counter[0] += 1
-      body = self._pool[int(hashlib.md5(uid).hexdigest()[:8], 16) % len(self._pool)]
-      return (b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
-              % len(body)) + body
+    if path.endswith(_THUMB_SUFFIX) and len(path) == 33 + len(_THUMB_SUFFIX):
+      if method == b"GET":
+        self._counter[0] += 1
+      return self._ok(method, b"image/jpeg",
+                      self._pool[int(hashlib.md5(uid).hexdigest()[:8], 16) % len(self._pool)])
+    for suffix, content_type, body in _SMALL_BODIES:
+      if path.endswith(suffix):
+        return self._ok(method, content_type, body)
+    if path.endswith((b".m3u8", b".mpd")):
+      return b"HTTP/1.1 410 Gone\r\nContent-Length: 0\r\n\r\n"
     return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+
+  @staticmethod
+  def _ok(method: bytes, content_type: bytes, body: bytes) -> bytes:
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+            % (content_type, len(body)))
+    return head if method == b"HEAD" else head + body
 
 
 async def _serve(port: int, pool_size: int) -> None:
