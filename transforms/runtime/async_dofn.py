@@ -18,11 +18,12 @@ to get it back under load; see bench/README.md):
   deque the bundle thread polls, and the loop signals an Event only when the bundle
   thread is actually waiting (at the in-flight limit, or at the end of the bundle).
 
-Groups (`takes_groups()`): the input is `(key, items)` from a GroupByKey, and the
-items of one group are handled one at a time, in order: the next item is taken from
-the group's iterable (on the bundle thread, where Beam's lazy iterables must be read)
-when the previous one completes. One group holds one in-flight slot, so a global cap
-is the number of keys (see `transforms/runtime/cap.py`), whatever the runner does.
+Groups (`takes_groups()`): the input is `(key, items)` from a GroupByKey (`CapInFlight`).
+The bundle's groups form one pool (`cap.GroupPool`): at most as many items are in
+flight as groups were received, never two of one vine, and the next item is read from
+the groups' iterables (on the bundle thread, where Beam's lazy iterables must be read)
+when a call completes. A global cap is then the number of keys, whatever the runner
+does (see `transforms/runtime/cap.py`).
 
 Counters: increments made while an element is handled are kept with the element and
 committed with its outputs by the bundle that emits them (`accounting.commit`): the
@@ -46,13 +47,12 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.runtime import accounting
-from transforms.runtime.cap import stamped_items
+from transforms.runtime.cap import GroupPool, stamped_items
 from transforms.runtime.logs import log_stage
 from transforms.runtime.outcomes import StopRun
 
 _LOG = logging.getLogger(__name__)
 
-_END = object()  # a group's iterable is exhausted
 # How long stopping the loop waits for its cancelled calls to wind down.
 STOP_SECONDS = 5.0
 
@@ -163,7 +163,7 @@ class AsyncDoFn(beam.DoFn):
     self._grouped = False
 
   def takes_groups(self) -> "AsyncDoFn":
-    """Consumes `(key, items)` groups, one item of a group in flight at a time; returns self."""
+    """Consumes `(key, items)` groups: as many in flight as groups received; returns self."""
     self._grouped = True
     return self
 
@@ -227,24 +227,31 @@ class AsyncDoFn(beam.DoFn):
     # bundle number and are dropped, never emitted into this bundle.
     self._bundle += 1
     self._in_flight = 0
+    self._pool = GroupPool() if self._grouped else None
 
   def process(self, element, windowed=beam.DoFn.WindowedValueParam):
-    while self._in_flight >= self._max_in_flight:
-      yield from self._emit(self._next_done())
-    group = None
-    if self._grouped:  # one slot per group; its items go one after another
-      group = stamped_items(element, windowed)
-      first = next(group, _END)
-      if first is _END:
-        return
-      element, windowed = first
-    self._in_flight += 1
-    self._submit(element, windowed, group)
+    if self._pool is not None:  # one more slot, and the pool's items to fill it
+      self._pool.add(stamped_items(element, windowed))
+      self._fill()
+    else:
+      while self._in_flight >= self._max_in_flight:
+        yield from self._emit(self._next_done())
+      self._in_flight += 1
+      self._submit(element, windowed)
     while self._done:
       yield from self._emit(self._done.popleft())
 
-  def _submit(self, element, windowed, group) -> None:
-    self._inbox.append((element, windowed, self._bundle, group))
+  def _fill(self) -> None:
+    """Starts pooled items while there are free slots (one per group received)."""
+    while self._in_flight < min(self._pool.slots, self._max_in_flight):
+      following = self._pool.take()
+      if following is None:
+        return
+      self._in_flight += 1
+      self._submit(*following)
+
+  def _submit(self, element, windowed) -> None:
+    self._inbox.append((element, windowed, self._bundle))
     if not self._wake_scheduled:
       self._wake_scheduled = True
       self._loop.call_soon_threadsafe(self._start_inbox)
@@ -303,9 +310,10 @@ class AsyncDoFn(beam.DoFn):
     return self._done.popleft()
 
   def _emit(self, done) -> Iterable[Any]:
-    (element, windowed, bundle, group), outputs, exc, counts = done
+    (element, windowed, bundle), outputs, exc, counts = done
     if bundle != self._bundle:  # an abandoned bundle's result: neither emitted nor counted
       return
+    self._in_flight -= 1
     self._handled += 1
     accounting.commit(counts)
     accounting.flush_deferred()
@@ -316,9 +324,7 @@ class AsyncDoFn(beam.DoFn):
       outputs = self.on_unexpected(element, exc)
     for output in outputs or ():
       yield wrap_like(output, windowed)
-    following = next(group, _END) if group is not None else _END
-    if following is _END:
-      self._in_flight -= 1
-    else:
-      self._submit(*following, group)
+    if self._pool is not None:
+      self._pool.done(element)
+      self._fill()
 

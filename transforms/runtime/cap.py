@@ -4,13 +4,17 @@ A DoFn cannot know how many copies of itself run: Dataflow runs as many bundles 
 it likes, on as many workers and harness threads as autoscaling gives it. So the cap
 is not divided among guessed copies; it is the number of keys. Each item is keyed
 by a stable hash of its vine id modulo the cap and grouped; the stage after the
-GroupByKey (an AsyncDoFn or PublishEventsFn in `takes_groups()` mode) handles one
-item of a group at a time. A group is read by one bundle, so at most `cap` calls
-exist across the job; one worker process can still hold all of them, because the
-stage takes every group of its bundle at once.
+GroupByKey (an AsyncDoFn or PublishEventsFn in `takes_groups()` mode) pools the groups
+its bundle received (`GroupPool`) and runs at most as many calls at once as it received
+groups. A group is read by exactly one bundle, so the calls across the job never
+exceed the number of keys, `cap`; one worker process can still hold all of them,
+because the stage takes every group of its bundle at once. Pooling (rather than one
+call per group) keeps the slots busy to the end: hashing spreads vines over keys
+unevenly, and a slot whose group ran dry takes the items of another.
 
-The same vine id always lands in the same group: never two calls in flight for one
-vine (the migration service is not atomic). The GroupByKey is also a checkpoint:
+The same vine id always lands in the same group, and the pool never runs two items
+of one vine at once: never two calls in flight for one vine (the migration service
+is not atomic). The GroupByKey is also a checkpoint:
 Dataflow persists its input, so a retried bundle after it never re-runs the steps
 before it.
 
@@ -21,8 +25,9 @@ processes the work of one key on one worker at a time, so the bound holds there 
 waiting for a time that never comes.)
 """
 
+import collections
 import hashlib
-from typing import Any, Callable, Iterable, Iterator, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, Optional, Set, Tuple
 
 import apache_beam as beam
 from apache_beam.transforms import trigger, window
@@ -77,3 +82,53 @@ class CapInFlight(beam.PTransform):
     if self._streaming:  # the default trigger again: the outputs are flattened with others
       groups = groups | "DefaultTrigger" >> beam.WindowInto(window.GlobalWindows())
     return groups
+
+
+_END = object()
+
+
+class GroupPool:
+  """The groups one bundle received, as one pool of work (the bundle thread's only).
+
+  `slots` (groups received) bounds the calls the stage may run at once; `take` gives
+  the next item whose key is not in flight, round-robin over the groups, reading their
+  lazy iterables only when an item is needed; `done` frees an item's key.
+  """
+
+  def __init__(self, key_fn: Callable[[Any], str] = vine_key):
+    self._key_fn = key_fn
+    self._groups: Deque[Iterator[Tuple[Any, WindowedValue]]] = collections.deque()
+    self._held: Dict[str, Deque[Tuple[Any, WindowedValue]]] = {}  # waiting for their key
+    self._busy: Set[str] = set()
+    self.slots = 0
+
+  def add(self, items: Iterator[Tuple[Any, WindowedValue]]) -> None:
+    self._groups.append(items)
+    self.slots += 1
+
+  def take(self) -> Optional[Tuple[Any, WindowedValue]]:
+    """The next (item, windowed) to start, its key marked busy; None when none can start."""
+    for key in list(self._held):
+      if key not in self._busy:
+        waiting = self._held[key]
+        following = waiting.popleft()
+        if not waiting:
+          del self._held[key]
+        self._busy.add(key)
+        return following
+    while self._groups:
+      following = next(self._groups[0], _END)
+      if following is _END:
+        self._groups.popleft()
+        continue
+      self._groups.rotate(-1)
+      key = self._key_fn(following[0])
+      if key in self._busy:  # the same vine again: after the call in flight
+        self._held.setdefault(key, collections.deque()).append(following)
+        continue
+      self._busy.add(key)
+      return following
+    return None
+
+  def done(self, item: Any) -> None:
+    self._busy.discard(self._key_fn(item))

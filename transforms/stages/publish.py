@@ -13,8 +13,9 @@ them); otherwise it is a dead letter naming the relays that refused and their
 messages.
 
 Groups (`takes_groups()`, how the graph runs it): the input is `(shard, items)` from
-`CapInFlight`, and one item of a group is in flight at a time; the next is taken
-when the previous one has every relay's answer. The number of shards is then the
+`CapInFlight`; the bundle's groups form one pool (`cap.GroupPool`), and at most as many
+items are in flight as groups were received; the next is taken when one has every
+relay's answer. The number of shards is then the
 job's cap on events in flight per relay, whatever the runner does.
 """
 
@@ -33,12 +34,11 @@ from transforms.keys.shared_store import SharedKeyStore
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
 from transforms.runtime.async_dofn import wrap_like
-from transforms.runtime.cap import stamped_items
+from transforms.runtime.cap import GroupPool, stamped_items
 from transforms.runtime.logs import CappedLog, log_stage
 
 _LOG = logging.getLogger(__name__)
 
-_END = object()  # a group's iterable is exhausted
 _WAIT_SLICE = 0.2  # seconds: how long finish_bundle waits on one relay before the next
 
 
@@ -103,7 +103,7 @@ class PublishEventsFn(beam.DoFn):
     self._grouped = False
 
   def takes_groups(self) -> "PublishEventsFn":
-    """Consumes `(shard, items)` groups, one item of a group in flight at a time; returns self."""
+    """Consumes `(shard, items)` groups: as many items in flight as groups; returns self."""
     self._grouped = True
     return self
 
@@ -143,39 +143,41 @@ class PublishEventsFn(beam.DoFn):
     self._owners: Dict[str, List[int]] = {}
     self._next_key = 0
     self._unsent: List[Dict[str, Any]] = []
+    self._pool = GroupPool() if self._grouped else None
 
   def process(self, element, windowed=beam.DoFn.WindowedValueParam) -> Iterator[Any]:
-    if self._grouped:
-      yield from self._add_next(stamped_items(element, windowed))
+    if self._pool is not None:  # one more slot, and the pool's items to fill it
+      self._pool.add(stamped_items(element, windowed))
+      yield from self._fill()
     else:
-      for output in self._add(element, windowed, None):
+      for output in self._add(element, windowed):
         yield wrap_like(output, windowed)
     if len(self._unsent) >= self._submit_batch:
       self._submit_unsent()
     for publisher in self._publishers:
       yield from self._absorb(publisher.poll())
 
-  def _add_next(self, group) -> Iterator[Any]:
-    """Starts the next item of a group (items finished at once make way for the next)."""
-    while True:
-      following = next(group, _END)
-      if following is _END:
+  def _fill(self) -> Iterator[Any]:
+    """Starts pooled items while there are free slots (items finished at once free theirs)."""
+    while len(self._pending) < self._pool.slots:
+      following = self._pool.take()
+      if following is None:
         return
       item, windowed = following
-      finished = self._add(item, windowed, group)
-      if not finished:
-        return
-      for output in finished:
-        yield wrap_like(output, windowed)
+      finished = self._add(item, windowed)
+      if finished:
+        self._pool.done(item)
+        for output in finished:
+          yield wrap_like(output, windowed)
 
-  def _add(self, item: WorkItem, windowed, group) -> List[Any]:
+  def _add(self, item: WorkItem, windowed) -> List[Any]:
     """Queues an item's events; returns its outputs when it is finished at once."""
     events = item.outgoing
     if not events:  # nothing signed reached this stage: a bug upstream, never a lost vine
       return self._dead(item, {}, "no signed event to publish")
     key, self._next_key = self._next_key, self._next_key + 1
     self._journal.sending(item, self._relays)  # before any of its events can reach a relay
-    self._pending[key] = [item, windowed, {event["id"]: {} for event in events}, group]
+    self._pending[key] = [item, windowed, {event["id"]: {} for event in events}]
     for event in events:
       owners = self._owners.setdefault(event["id"], [])
       if not owners:
@@ -187,13 +189,13 @@ class PublishEventsFn(beam.DoFn):
     while True:
       self._submit_unsent()
       while self._grouped and any(p.unresolved() for p in self._publishers):
-        for publisher in self._publishers:  # a group's next item starts as one finishes
+        for publisher in self._publishers:  # a pooled item starts as one finishes
           yield from self._absorb(publisher.wait_results(_WAIT_SLICE))
         self._submit_unsent()
       for publisher in self._publishers:
         yield from self._absorb(publisher.drain())
       if not self._unsent:
-        yield from self._give_up_unanswered()  # may start the next items of their groups
+        yield from self._give_up_unanswered()  # may start pooled items
       if not self._unsent:
         break
     self._count_dropped_messages()
@@ -202,15 +204,19 @@ class PublishEventsFn(beam.DoFn):
   def _give_up_unanswered(self) -> Iterator[Any]:
     """Dead-letters the items still pending after every publisher drained: never dropped."""
     for key in list(self._pending):  # a publisher lost track of an event
-      item, windowed, results, group = self._pending.pop(key)
+      item, windowed, results = self._pending.pop(key)
       for event_id in results:
         owners = self._owners.get(event_id, [])
         if key in owners:
           owners.remove(key)
       for output in self._dead(item, results, "no answer from some relays"):
         yield wrap_like(output, windowed)
-      if group is not None:
-        yield from self._add_next(group)
+      yield from self._next_pooled(item)
+
+  def _next_pooled(self, finished: WorkItem) -> Iterator[Any]:
+    if self._pool is not None:
+      self._pool.done(finished)
+      yield from self._fill()
 
   def _count_dropped_messages(self) -> None:
     """Counts the relay messages the publishers dropped since the last bundle (on a Beam thread)."""
@@ -236,11 +242,10 @@ class PublishEventsFn(beam.DoFn):
             self._owners[event_id].remove(key)
             if not self._owners[event_id]:
               del self._owners[event_id]
-          item, windowed, results_by_event, group = entry
+          item, windowed, results_by_event = entry
           for output in self._finish(item, results_by_event):
             yield wrap_like(output, windowed)
-          if group is not None:
-            yield from self._add_next(group)
+          yield from self._next_pooled(item)
 
   def _finish(self, item: WorkItem, results_by_event) -> List[Any]:
     accepted_by = [{url for url, r in by_relay.items() if r.accepted}

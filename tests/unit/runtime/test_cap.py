@@ -1,4 +1,5 @@
-"""CapInFlight and AsyncDoFn groups: the cap is the number of keys, one call per key."""
+"""CapInFlight, GroupPool and AsyncDoFn groups: the cap is the number of keys, never two calls
+of one vine, and a slot whose group ran dry serves the others."""
 
 import asyncio
 import collections
@@ -9,7 +10,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.runtime.async_dofn import AsyncDoFn
-from transforms.runtime.cap import CapInFlight, shard_of
+from transforms.runtime.cap import CapInFlight, GroupPool, shard_of
 
 
 def test_shards_are_stable_and_in_range():
@@ -54,3 +55,35 @@ def test_groups_bound_calls_in_flight_and_serialise_each_vine():
     assert_that(out, equal_to(list(range(120))))  # nothing lost, nothing twice
   assert _state["max"] <= 3  # 50 slots per DoFn, yet only 3 keys
   assert _state["max_per_vine"] == 1
+
+
+def _stamped(*vines):
+  return iter([(_Item(vine, n), "w%d" % n) for n, vine in enumerate(vines)])
+
+
+def test_pool_slots_follow_the_groups_and_never_run_one_vine_twice():
+  pool = GroupPool()
+  pool.add(_stamped("a", "a", "b"))
+  pool.add(_stamped("c"))
+  assert pool.slots == 2
+  started = [pool.take(), pool.take(), pool.take()]
+  # Round-robin over the groups; the second "a" waits while the first is in flight.
+  assert [item.vine_id for item, _ in started] == ["a", "c", "b"]
+  assert pool.take() is None
+  pool.done(started[0][0])
+  again = pool.take()
+  assert again[0].vine_id == "a" and again[1] == "w1"  # its own stamp, after its key freed
+  assert pool.take() is None  # every group drained
+
+
+def test_a_dry_group_leaves_its_slot_to_the_others():
+  """One long group and short ones: the long group's items fill the freed slots."""
+  pool = GroupPool()
+  pool.add(_stamped(*["long%d" % n for n in range(6)]))
+  pool.add(_stamped("short"))
+  first, second = pool.take(), pool.take()
+  assert (first[0].vine_id, second[0].vine_id) == ("long0", "short")
+  pool.done(second[0])  # the short group is done
+  third = pool.take()
+  assert third[0].vine_id == "long1"  # two items of one group in flight: two slots, two groups
+  assert pool.slots == 2  # the stage runs at most this many (the pool only orders the work)
