@@ -16,6 +16,8 @@ Layout: `<run dir>/journal/<host>-<pid>.ndjson`, one file per process (in-proces
 one; multi_processing workers one each). Every line is written with one `os.write` on a file
 opened with O_APPEND, under a process-wide lock: a line is whole in the kernel as soon as it is
 written, so it survives SIGKILL of the process (not a power cut: there is no fsync per line).
+PublishEvents hands its lines over in batches (`PublishJournal.flush`), every `sending` before
+the events it names go to the relays.
 
 Where: the driver names the run folder in the environment variable JOURNAL_ENV for the time of
 a local bounded run (`activate`); the stages of that process and of the worker processes it
@@ -60,11 +62,23 @@ class Journal:
     self._broken = False
 
   def write(self, what: str, **fields: Any) -> None:
-    """Appends one record; a journal that cannot be written is logged once, never raised."""
+    """Appends one record at once; a journal that cannot be written is logged once, never raised."""
+    self.write_lines([self.line(what, **fields)])
+
+  @staticmethod
+  def line(what: str, **fields: Any) -> bytes:
+    """One record as its NDJSON line (for `write_lines`)."""
     record = {"what": what, "t": utc_now_iso(), "pid": os.getpid()}
     record.update(fields)
-    line = (json.dumps(record, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode(
+    return (json.dumps(record, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode(
         "utf-8")
+
+  def write_lines(self, lines: Sequence[bytes]) -> None:
+    """Appends whole lines with one system call (each one is a GIL hand-over on a busy
+    process: PublishEvents hands its lines over in batches)."""
+    if not lines:
+      return
+    data = b"".join(lines)
     with self._lock:
       if self._broken:
         return
@@ -72,7 +86,8 @@ class Journal:
         if self._fd is None:
           os.makedirs(os.path.dirname(self.path), exist_ok=True)
           self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.write(self._fd, line)
+        while data:
+          data = data[os.write(self._fd, data):]
       except OSError as exc:  # a full disk must not fail the run: the outputs still come
         self._broken = True
         _LOG.warning("journal %s cannot be written (%s): journaling stops", self.path, exc)
@@ -141,27 +156,39 @@ def made(what: str, record: Dict[str, Any]) -> None:
 
 
 class PublishJournal:
-  """What PublishEvents journals: a no-op when the run has no journal here."""
+  """What PublishEvents journals, in batches: a no-op when the run has no journal here.
+
+  Lines wait in memory until `flush`, which PublishEvents calls before it hands events to
+  the relay connections (so every `sending` is on disk before its events can go out) and
+  at the end of each bundle. A kill loses at most the outcomes since the last flush: their
+  vines then read as sent without an answer (in doubt), never as not sent.
+  """
 
   def __init__(self):
     self._journal = open_journal()
+    self._lines: List[bytes] = []
+
+  def _add(self, what: str, **fields: Any) -> None:
+    if self._journal is not None:
+      self._lines.append(self._journal.line(what, **fields))
 
   def sending(self, item, relays: Sequence[str]) -> None:
-    if self._journal is not None:
-      self._journal.write(SENDING, vine_id=item.vine_id,
-                          event_ids=[event["id"] for event in item.outgoing],
-                          relays=list(relays))
+    self._add(SENDING, vine_id=item.vine_id, event_ids=[event["id"] for event in item.outgoing],
+              relays=list(relays))
 
   def published(self, record: Dict[str, Any]) -> None:
-    if self._journal is not None:
-      self._journal.write(PUBLISHED, vine_id=record["vine_id"], event_id=record["event_id"],
-                          previous_event_id=record["previous_event_id"],
-                          stream_uid=record["stream_uid"], relays=record["relays"])
+    self._add(PUBLISHED, vine_id=record["vine_id"], event_id=record["event_id"],
+              previous_event_id=record["previous_event_id"], stream_uid=record["stream_uid"],
+              relays=record["relays"])
 
   def not_published(self, item, error_class: str, error: str) -> None:
-    if self._journal is not None:
-      self._journal.write(NOT_PUBLISHED, vine_id=item.vine_id, error_class=error_class,
-                          error=error[:MAX_ERROR_CHARS])
+    self._add(NOT_PUBLISHED, vine_id=item.vine_id, error_class=error_class,
+              error=error[:MAX_ERROR_CHARS])
+
+  def flush(self) -> None:
+    if self._journal is not None and self._lines:
+      lines, self._lines = self._lines, []
+      self._journal.write_lines(lines)
 
 
 def dead_letter_entry(dead: Dict[str, Any]) -> Dict[str, Any]:

@@ -125,6 +125,8 @@ class PublishEventsFn(beam.DoFn):
         for url in self._relays]
 
   def teardown(self):
+    if getattr(self, "_journal", None) is not None:
+      self._journal.flush()
     for publisher in getattr(self, "_publishers", ()):
       try:
         publisher.close()
@@ -200,6 +202,7 @@ class PublishEventsFn(beam.DoFn):
         break
     self._count_dropped_messages()
     self._owners.clear()
+    self._journal.flush()
 
   def _give_up_unanswered(self) -> Iterator[Any]:
     """Dead-letters the items still pending after every publisher drained: never dropped."""
@@ -226,6 +229,7 @@ class PublishEventsFn(beam.DoFn):
       self._dropped_counted = dropped
 
   def _submit_unsent(self) -> None:
+    self._journal.flush()  # every `sending` on disk before its events can reach a relay
     unsent, self._unsent = self._unsent, []
     for publisher in self._publishers:
       for event in unsent:

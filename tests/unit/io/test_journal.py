@@ -52,6 +52,8 @@ def test_what_it_saw_names_vines_sent_without_an_answer(active):
   publish.published({"vine_id": "v1", "event_id": "n1", "previous_event_id": "old",
                      "stream_uid": "u", "relays": ["ws://a", "ws://b"]})
   publish.not_published(other, dl.PERMANENT, "refused")
+  assert journal.read_journal(active) == ([], 0)  # held until PublishEvents flushes
+  publish.flush()
   with open(journal.journal_path(active), "ab") as f:
     f.write(b'{"what": "sending", "vine_id": "v4", "ev')  # a line cut by a full disk
   records, bad = journal.read_journal(active)
