@@ -1,20 +1,25 @@
-"""A run stopped by SIGTERM mid-publish: a clean stop that leaves its record (pipeline/run_record.py).
+"""A run stopped by SIGTERM mid-publish: a clean stop that leaves its record (pipeline/run_record.py);
+a run whose disk fills up at the outputs: its journal still names what it published.
 
 The configuration stop (a refused token) is in test_faults.py, the SIGKILL and the re-run
 after it in test_reruns.py.
 """
 
+import errno
 import glob
+import io
 import json
 import os
 import signal
 
 import pytest
+from apache_beam.io import textio
 
 from devstack.stack import LocalStack
+from pipeline import report
 from pipeline.run_record import EXIT_STOPPED
 from tests.support.run_checks import d_tag, is_migrated
-from tests.support.runs import signal_mid_run
+from tests.support.runs import run_pipeline, signal_mid_run
 from transforms.io import journal
 
 pytestmark = pytest.mark.integration
@@ -55,3 +60,29 @@ def test_sigterm_stops_the_run_cleanly_and_leaves_its_record(stop_stack, tmp_pat
   assert "Task was destroyed" not in console
   with open(os.path.join(run_dir, "run.log"), encoding="utf-8") as f:
     assert "run termed stopped: SIGTERM received" in f.read()
+
+
+@pytest.fixture(scope="module")
+def disk_stack(tmp_path_factory):
+  with LocalStack(str(tmp_path_factory.mktemp("disk")), n_vines=8, seed=47) as stack:
+    yield stack
+
+
+def test_a_full_disk_at_the_outputs_leaves_a_journal_the_report_reads(disk_stack, tmp_path,
+                                                                      monkeypatch):
+  """The issue's full disk: vines published, then "No space left on device" writing the
+  outputs. The journal, written as the vines went out, names them; the report reads it."""
+  def no_space(self, file_handle, encoded_value):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(textio._TextSink, "write_encoded_record", no_space)
+  with pytest.raises(Exception, match="No space left on device"):
+    run_pipeline(disk_stack, tmp_path, ["--run-id", "full-disk"])
+  run_dir = os.path.join(str(tmp_path), "full-disk")
+  assert not os.path.exists(os.path.join(run_dir, "published.ndjson"))
+  on_relay = {d_tag(e) for e in disk_stack.relay_events() if is_migrated(e)}
+  saw = journal.what_it_saw(journal.read_journal(run_dir)[0])
+  assert on_relay and on_relay == set(saw["published"]) and not saw["in_doubt"]
+  text = io.StringIO()
+  assert report.main(["--output-dir", run_dir, "--plain"], stream=text) == 0
+  assert "The run did not finish" in text.getvalue()
+  assert "Totals (from journal)" in text.getvalue()
