@@ -227,11 +227,11 @@ class AsyncDoFn(beam.DoFn):
     # bundle number and are dropped, never emitted into this bundle.
     self._bundle += 1
     self._in_flight = 0
-    self._pool = GroupPool() if self._grouped else None
+    self._group_pool = GroupPool() if self._grouped else None
 
   def process(self, element, windowed=beam.DoFn.WindowedValueParam):
-    if self._pool is not None:  # one more slot, and the pool's items to fill it
-      self._pool.add(stamped_items(element, windowed))
+    if self._group_pool is not None:  # one more slot, and the pool's items to fill it
+      self._group_pool.add(stamped_items(element, windowed))
       self._fill()
     else:
       while self._in_flight >= self._max_in_flight:
@@ -243,8 +243,8 @@ class AsyncDoFn(beam.DoFn):
 
   def _fill(self) -> None:
     """Starts pooled items while there are free slots (one per group received)."""
-    while self._in_flight < min(self._pool.slots, self._max_in_flight):
-      following = self._pool.take()
+    while self._in_flight < min(self._group_pool.slots, self._max_in_flight):
+      following = self._group_pool.take()
       if following is None:
         return
       self._in_flight += 1
@@ -324,7 +324,7 @@ class AsyncDoFn(beam.DoFn):
       outputs = self.on_unexpected(element, exc)
     for output in outputs or ():
       yield wrap_like(output, windowed)
-    if self._pool is not None:
-      self._pool.done(element)
+    if self._group_pool is not None:
+      self._group_pool.done(element)
       self._fill()
 

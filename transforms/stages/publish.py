@@ -145,11 +145,11 @@ class PublishEventsFn(beam.DoFn):
     self._owners: Dict[str, List[int]] = {}
     self._next_key = 0
     self._unsent: List[Dict[str, Any]] = []
-    self._pool = GroupPool() if self._grouped else None
+    self._group_pool = GroupPool() if self._grouped else None
 
   def process(self, element, windowed=beam.DoFn.WindowedValueParam) -> Iterator[Any]:
-    if self._pool is not None:  # one more slot, and the pool's items to fill it
-      self._pool.add(stamped_items(element, windowed))
+    if self._group_pool is not None:  # one more slot, and the pool's items to fill it
+      self._group_pool.add(stamped_items(element, windowed))
       yield from self._fill()
     else:
       for output in self._add(element, windowed):
@@ -161,14 +161,14 @@ class PublishEventsFn(beam.DoFn):
 
   def _fill(self) -> Iterator[Any]:
     """Starts pooled items while there are free slots (items finished at once free theirs)."""
-    while len(self._pending) < self._pool.slots:
-      following = self._pool.take()
+    while len(self._pending) < self._group_pool.slots:
+      following = self._group_pool.take()
       if following is None:
         return
       item, windowed = following
       finished = self._add(item, windowed)
       if finished:
-        self._pool.done(item)
+        self._group_pool.done(item)
         for output in finished:
           yield wrap_like(output, windowed)
 
@@ -217,8 +217,8 @@ class PublishEventsFn(beam.DoFn):
       yield from self._next_pooled(item)
 
   def _next_pooled(self, finished: WorkItem) -> Iterator[Any]:
-    if self._pool is not None:
-      self._pool.done(finished)
+    if self._group_pool is not None:
+      self._group_pool.done(finished)
       yield from self._fill()
 
   def _count_dropped_messages(self) -> None:
