@@ -16,14 +16,15 @@ from apache_beam.utils.timestamp import Timestamp
 from transforms.core import records
 from transforms.io import row_lookup
 from transforms.io.row_lookup import (
-    CONFIG_LATCH,
-    ROW_LOOKUP_CONFIG_ERRORS,
-    LookupVineRows,
-    LookupVineRowsFn,
-    is_config_error,
+  CONFIG_LATCH,
+  ROW_LOOKUP_CONFIG_ERRORS,
+  LookupVineRows,
+  LookupVineRowsFn,
+  is_config_error,
 )
 from transforms.nostr.event import Signer, generate_private_key
 from transforms.runtime import accounting
+from transforms.runtime.cap import shard_of
 from transforms.runtime.outcomes import StopRun
 
 SIGNER = Signer(generate_private_key())
@@ -176,7 +177,7 @@ def test_test_stream_batches_across_bundles_and_the_wait_is_bounded(batch_size, 
   not fill leaves once the watermark passes its first event's arrival plus the wait."""
   # Five ids of one shard, so that they meet in one buffer.
   candidates = ("%s%06d" % ("v" * 5, n) for n in range(10**6))
-  ids = [v for v in candidates if row_lookup.lookup_shard(v) == 3][:5]
+  ids = [v for v in candidates if shard_of(v, row_lookup.LOOKUP_SHARDS) == 3][:5]
   stream = (test_stream.TestStream()
             .advance_watermark_to(0)
             .add_elements([TimestampedValue(_keyed(v), 10) for v in ids[:2]])
