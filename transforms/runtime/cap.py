@@ -14,9 +14,11 @@ unevenly, and a slot whose group ran dry takes the items of another.
 
 The same vine id always lands in the same group, and the pool never runs two items
 of one vine at once: never two calls in flight for one vine (the migration service
-is not atomic). The GroupByKey is also a checkpoint:
-Dataflow persists its input, so a retried bundle after it never re-runs the steps
-before it.
+is not atomic). The GroupByKey is also a checkpoint: Dataflow persists its input, so a
+retried bundle after it never re-runs the steps before it.
+
+One excess remains: a bundle that fails leaves its calls running until they answer (at
+most --api-timeout per attempt), and its retry may start new ones meanwhile.
 
 Streaming: a group fires as soon as it holds an item (Repeatedly(AfterCount(1)); a
 pane holds whatever arrived for the key meanwhile). Dataflow's streaming engine
@@ -59,7 +61,10 @@ def stamped_items(group: Tuple[int, Iterable], windowed: WindowedValue
 
 
 class CapInFlight(beam.PTransform):
-  """items -> (shard, [(item, timestamp)]) groups (read them with `stamped_items`), `shards` of them at most; see the module docstring."""
+  """items -> (shard, [(item, timestamp)]) groups, `shards` of them at most.
+
+  Read a group with `stamped_items`; see the module docstring for the bound.
+  """
 
   def __init__(self, shards: int, streaming: bool = False,
                key_fn: Callable[[Any], str] = vine_key):
