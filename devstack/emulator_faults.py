@@ -88,6 +88,12 @@ async def answer_fault(state, request, kind):
     status=200, text='{"status":"hybrid_migration_completed","uid":"0f3', content_type='application/json')
 
 
+def thumb_fault_keys(state, uid):
+  """What the thumb_* knobs may name for a video: its uid or its vine id (uids are random in
+  the real mode, so tests name the vine)."""
+  return {uid, (state.uids.get(uid) or {}).get('vineId')}
+
+
 async def answer_thumbnail_fault(state, uid, content_type, render):
   """The response of a thumbnail broken by the ``thumb_*_uids`` knobs, or None.
 
@@ -98,13 +104,12 @@ async def answer_thumbnail_fault(state, uid, content_type, render):
     render: Returns the real thumbnail bytes (the truncated fault sends half of them).
   """
   cfg = state.config
-  # Keyed by uid or by vine id: in the real mode uids are random, so tests name the vine.
-  keys = {uid, (state.uids.get(uid) or {}).get('vineId')}
+  keys = thumb_fault_keys(state, uid)
   for fault in THUMB_FAULTS:
+    if fault == '404':  # answered before this, with the real CDN's placeholder (emulator_media)
+      continue
     if keys & cfg[f'thumb_{fault}_uids']:
       state.faults[f'thumb_{fault}'] += 1
-      if fault == '404':
-        return json_error(404, error='not_found')
       if fault == 'garbage':
         return web.Response(body=b'<html><body>502 Bad Gateway</body></html>', content_type=content_type)
       if fault == 'truncated':

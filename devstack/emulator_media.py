@@ -115,7 +115,10 @@ def add_cdn_routes(app, state_key):
     (ranges honoured), 404 for unknown videos.
   """
   # Imported here: emulator_faults imports this module for the PNG bomb.
-  from devstack.emulator_faults import answer_thumbnail_fault  # pylint: disable=import-outside-toplevel
+  from devstack.emulator_faults import (  # pylint: disable=import-outside-toplevel
+    answer_thumbnail_fault,
+    thumb_fault_keys,
+  )
 
   async def cdn(request):
     state = request.app[state_key]
@@ -134,8 +137,7 @@ def add_cdn_routes(app, state_key):
       return _manifest(uid, kind)
     content_type, factory = _CDN_TYPES[kind]
     if kind.startswith('thumbnail.'):
-      # The thumb_* knobs name a uid or its vine id (uids are random in the real mode).
-      missing = {uid, (state.uids.get(uid) or {}).get('vineId')} & set(cfg['thumb_404_uids'])
+      missing = thumb_fault_keys(state, uid) & set(cfg['thumb_404_uids'])
       if uid not in state.uids or missing:
         if missing:
           state.faults['thumb_404'] += 1

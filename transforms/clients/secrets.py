@@ -149,17 +149,8 @@ def pin_secret_version(spec: str, what: str, secret_client=None) -> str:
   name = check_secret_spec(text, what)
   if is_pinned(name):
     return text
-  if secret_client is None:
-    from google.cloud import secretmanager  # pylint: disable=import-outside-toplevel
-
-    secret_client = secretmanager.SecretManagerServiceClient()
-  try:
-    response = secret_client.access_secret_version(name=name)
-  except Exception as exc:  # pylint: disable=broad-except
-    detail = scrub((str(exc).splitlines() or [""])[0][:200])
-    raise SecretError("%s: Secret Manager %s: request failed (%s: %s); pin a version number "
-                      "to launch without this check" % (what, name, type(exc).__name__,
-                                                         detail)) from None
+  response = _access_version(name, secret_client, what + ": ",
+                             "; pin a version number to launch without this check")
   number = str(getattr(response, "name", "") or "").rpartition("/versions/")[2]
   if not _VERSION_NUMBER.match(number):
     raise SecretError("%s: Secret Manager did not say which version %s is" % (what, name))
@@ -170,6 +161,25 @@ def pin_secret_version(spec: str, what: str, secret_client=None) -> str:
     data = bytes(data).decode("utf-8", "ignore")
   register(data.strip())
   return prefix + name.rpartition("/versions/")[0] + "/versions/" + number
+
+
+def _access_version(name: str, secret_client=None, prefix: str = "", hint: str = ""):
+  """Secret Manager's answer for version `name`; a failure is a SecretError without the value.
+
+  `secret_client` defaults to a new `SecretManagerServiceClient`, imported only here so
+  local runs need no GCP libraries.
+  """
+  if secret_client is None:
+    from google.cloud import secretmanager  # pylint: disable=import-outside-toplevel
+
+    secret_client = secretmanager.SecretManagerServiceClient()
+  try:
+    return secret_client.access_secret_version(name=name)
+  except Exception as exc:  # pylint: disable=broad-except
+    # Client errors name resources and permissions; keep a short first line, redacted.
+    detail = scrub((str(exc).splitlines() or [""])[0][:200])
+    raise SecretError("%sSecret Manager %s: request failed (%s: %s)%s"
+                      % (prefix, name, type(exc).__name__, detail, hint)) from None
 
 
 def _clean_token(value, source: str) -> str:
@@ -211,17 +221,7 @@ def resolve_token(env_name: str = TOKEN_ENV_VAR, secret_spec: Optional[str] = No
   """
   if secret_spec:
     name = check_secret_spec(secret_spec)
-    if secret_client is None:
-      from google.cloud import secretmanager  # pylint: disable=import-outside-toplevel
-
-      secret_client = secretmanager.SecretManagerServiceClient()
-    try:
-      response = secret_client.access_secret_version(name=name)
-    except Exception as exc:  # pylint: disable=broad-except
-      # Client errors name resources and permissions; keep a short first line, redacted.
-      detail = scrub((str(exc).splitlines() or [""])[0][:200])
-      raise SecretError("Secret Manager %s: request failed (%s: %s)"
-                        % (name, type(exc).__name__, detail)) from None
+    response = _access_version(name, secret_client)
     token = _clean_token(response.payload.data, "Secret Manager " + name)
   else:
     environ = os.environ if environ is None else environ
