@@ -1,7 +1,7 @@
 """Benchmark: the real pipeline on the local stack, with the emulator's latency injection.
 
     python -m bench.run_bench                      # every scenario (about 18 minutes)
-    python -m bench.run_bench --scenario api       # one of api, cpu, scale, all
+    python -m bench.run_bench --scenario api       # one of api, cpu, cpu1, scale, all
     python -m bench.run_bench --quick              # smaller corpora (about 6 minutes)
     python -m bench.run_bench --profile            # also report where CPU went
 
@@ -81,7 +81,7 @@ def scenarios(which: str, quick: bool) -> List[Scenario]:
   # run: 70,000 vines (about 71,500 events with superseded versions) is the largest corpus
   # the local relay serves whole.
   large = Scenario("scale-large", 20000 if quick else 70000, 20.0, 5.0, 200, "scale")
-  table = {"api": [api], "cpu": [cpu, cpu2], "scale": [small, large],
+  table = {"api": [api], "cpu": [cpu, cpu2], "cpu1": [cpu], "scale": [small, large],
            "all": [api, cpu, cpu2, small, large]}
   return table[which]
 
@@ -409,7 +409,7 @@ def profile_lines(result: Dict[str, object], top: int = 15) -> List[str]:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--scenario", choices=("api", "cpu", "scale", "all"), default="all")
+  parser.add_argument("--scenario", choices=("api", "cpu", "cpu1", "scale", "all"), default="all")
   parser.add_argument("--quick", action="store_true", help="smaller corpora")
   parser.add_argument("--profile", action="store_true",
                       help="run the pipeline under bench/sampler.py and report where CPU went")

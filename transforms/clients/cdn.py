@@ -12,10 +12,8 @@ backoff; a URL still failing then is `transient` (a later run may find it workin
 import asyncio
 import dataclasses
 from typing import Callable, Dict, Optional, Tuple
-from urllib.parse import urlsplit
 
-import aiohttp
-
+from transforms.clients.http_head import HeadClient, HttpError, request_target
 from transforms.core.backoff import exponential_backoff
 
 # A HEAD or a one-byte GET on a CDN is fast: a few seconds bound a hung edge.
@@ -75,7 +73,7 @@ def judge(url: str, kind: str, status: int, content_type: Optional[str],
 
 
 class CdnChecker:
-  """Checks URLs concurrently on one aiohttp session; `start` before, `close` after."""
+  """Checks URLs concurrently over pooled keep-alive connections; `start` before, `close` after."""
 
   def __init__(self, timeout: float = DEFAULT_TIMEOUT, attempts: int = DEFAULT_ATTEMPTS,
                base_delay: float = DEFAULT_BASE_DELAY, max_connections: int = 64,
@@ -86,33 +84,27 @@ class CdnChecker:
     self._max_connections = max_connections
     self._sleep = sleep or asyncio.sleep
     self._head_refused = set()  # hosts (host, port) that refuse HEAD
-    self._session: Optional[aiohttp.ClientSession] = None
+    self._client: Optional[HeadClient] = None
 
   async def start(self) -> None:
-    self._session = aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=self._timeout),
-        connector=aiohttp.TCPConnector(limit=self._max_connections))
+    self._client = HeadClient(self._timeout, max_connections=self._max_connections)
 
   async def close(self) -> None:
-    if self._session is not None:
-      await self._session.close()
-      self._session = None
+    if self._client is not None:
+      await self._client.close()
+      self._client = None
 
   async def _ask(self, url: str) -> Tuple[int, Optional[str]]:
-    target = urlsplit(url)
-    host = (target.hostname, target.port)
+    host = request_target(url)[0]  # (scheme, host, port)
     if host not in self._head_refused:
-      async with self._session.head(url, allow_redirects=False) as resp:
-        if resp.status not in _HEAD_REFUSED:
-          return resp.status, resp.headers.get("Content-Type")
+      answer = await self._client.request("HEAD", url)
+      if answer.status not in _HEAD_REFUSED:
+        return answer.status, answer.headers.get("content-type")
       self._head_refused.add(host)
-    async with self._session.get(url, allow_redirects=False,
-                                 headers={"Range": "bytes=0-0"}) as resp:
-      status, ctype = resp.status, resp.headers.get("Content-Type")
-      if status == 200:
-        # A server that ignores Range sends the whole file: do not read it.
-        resp.close()
-      return status, ctype
+    # A server that ignores Range and sends the whole file: the client closes the connection
+    # instead of reading it.
+    answer = await self._client.request("GET", url, {"Range": "bytes=0-0"})
+    return answer.status, answer.headers.get("content-type")
 
   async def check(self, url: str, kind: str) -> UrlCheck:
     """Whether `url` works as a `kind` (a key of EXPECTED_TYPES); never raises for I/O."""
@@ -126,7 +118,7 @@ class CdnChecker:
       except asyncio.TimeoutError:
         verdict = UrlCheck(url, False, reason="no answer in %.1f s" % self._timeout,
                            transient=True, attempts=attempt)
-      except (aiohttp.ClientError, OSError, ValueError) as exc:
+      except (HttpError, OSError, ValueError) as exc:
         verdict = UrlCheck(url, False, reason="request failed: %s" % type(exc).__name__,
                            transient=True, attempts=attempt)
       if verdict.ok or not verdict.transient or attempt == self._attempts:

@@ -88,6 +88,9 @@ class WorkItem:
   video: Optional[SourceEvent] = None
   unsigned_video: Optional[Dict[str, Any]] = None
   signed_video: Optional[Dict[str, Any]] = None
+  # The thumbnail URL ComputeBlurhash fetched and decoded as a real image in this run:
+  # VerifyUrls takes it as working without asking again, then clears it.
+  thumbnail_seen: Optional[str] = None
 
   @property
   def event_id(self) -> str:

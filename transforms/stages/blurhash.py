@@ -146,7 +146,7 @@ class ComputeBlurhashFn(AsyncDoFn):
       return self._missing(item, "%s: %s" % (type(exc).__name__, exc),
                            transient=getattr(exc, "transient", False))
     self._counts["hashed"] += 1
-    return [item.replace(blurhash=blurhash)]
+    return [item.replace(blurhash=blurhash, thumbnail_seen=url)]
 
   def _missing(self, item: WorkItem, reason: str, transient: bool = False) -> List[Any]:
     _LOG.debug("blurhash %s: no blurhash (%s)", item.vine_id, reason)

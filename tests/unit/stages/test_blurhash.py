@@ -160,6 +160,7 @@ def test_thumbnail_from_the_cdn_is_hashed(cdn, monkeypatch):
   (outputs,), counted, _ = _hash_thumbnails(cdn.url + "/cdn", [cdn.url + "/cdn/ok.jpg"],
                                             monkeypatch)
   assert outputs[0].blurhash and counted == []
+  assert outputs[0].thumbnail_seen == cdn.url + "/cdn/ok.jpg"  # VerifyUrls need not ask again
 
 
 def test_thumbnails_elsewhere_are_refused_counted_and_never_requested(cdn, evil, monkeypatch):
@@ -172,6 +173,7 @@ def test_thumbnails_elsewhere_are_refused_counted_and_never_requested(cdn, evil,
   assert counted.count(bs.THUMBNAIL_REFUSED) == len(urls)
   assert counted.count(accounting.BLURHASH_MISSING) == len(urls)
   assert all(o[0].blurhash is None and "blurhash_missing" in o[0].notes for o in outputs)
+  assert all(o[0].thumbnail_seen is None for o in outputs)
 
 
 def test_a_redirect_is_never_followed(cdn, evil, monkeypatch):

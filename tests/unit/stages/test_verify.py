@@ -130,3 +130,51 @@ def test_verify_is_a_replay_entry_stage():
   assert dl.STAGE_VERIFY in replay.ENTRY_STAGES
   assert dl.STAGES.index(dl.STAGE_BLURHASH) < dl.STAGES.index(dl.STAGE_VERIFY) < dl.STAGES.index(
       dl.STAGE_BUILD)
+
+
+def test_the_thumbnail_blurhash_just_decoded_is_not_asked_for_again():
+  item = short_video_item()
+  seen = item.replace(migration=dict(item.migration), thumbnail_seen=THUMB)
+  (out,), checker = run(seen, {item.migration["mp4"]})  # the checker would call THUMB dead
+  assert out.migration["thumbnail"] == THUMB and out.thumbnail_seen is None
+  assert (THUMB, "thumbnail") not in checker.asked
+  (out,), checker = run(item, {item.migration["mp4"]})  # not seen: asked, and dead
+  assert out.migration["thumbnail"] is None and (THUMB, "thumbnail") in checker.asked
+
+
+def test_gone_slots_are_presumed_after_a_run_of_410s_and_probed_now_and_then():
+  gone = verify.GoneSlots(after=3, every=10)
+  assert [gone.saw("hls", 410, False) for _ in range(3)] == [None, None, "gone"]
+  skipped = [gone.skip("hls") for _ in range(30)]
+  assert skipped.count(False) == 3  # one vine in ten is still checked
+  assert not gone.skip("dash") and not gone.skip("mp4")  # only the slot that was gone
+  assert gone.saw("hls", 200, True) == "back" and not gone.skip("hls")
+  for status in (404, 503, None):  # only 410 Gone counts
+    for _ in range(5):
+      gone.saw("dash", status, False)
+  assert not gone.skip("dash")
+  for _ in range(5):
+    gone.saw("mp4", 410, False)
+  assert not gone.skip("mp4")  # never for the video, thumbnail or preview slots
+
+
+def test_verify_stops_asking_for_manifests_the_cdn_keeps_answering_410_for():
+  accounting.reset_live()
+  item = short_video_item()
+  checker = FakeChecker({item.migration["mp4"], HASHED})
+  fn = verify.VerifyUrlsFn(CDN, "run-1", checker_factory=lambda: checker)
+
+  async def go():
+    await fn.async_setup()
+    try:
+      return [await fn.handle(item.replace(migration=dict(item.migration)))
+              for _ in range(200)]
+    finally:
+      await fn.async_teardown()
+  outs = asyncio.run(go())
+  hls_asked = sum(1 for _, kind in checker.asked if kind == "hls")
+  after = verify.GoneSlots().after
+  assert after <= hls_asked <= after + 200 // verify.GoneSlots().every + 1
+  assert all(out.migration["hls"] is None and out.migration["mp4"] for (out,) in outs)
+  assert accounting.live_counts()[verify.URLS_PRESUMED_GONE] == 2 * 200 - sum(
+      1 for _, kind in checker.asked if kind in ("hls", "dash"))
