@@ -48,6 +48,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.runtime import accounting
 from transforms.runtime.cap import GroupPool, stamped_items
+from transforms.runtime.gc_tuning import raise_gc_threshold
 from transforms.runtime.logs import log_stage
 from transforms.runtime.outcomes import StopRun
 
@@ -89,6 +90,7 @@ class _SharedLoop:
   def acquire(cls) -> asyncio.AbstractEventLoop:
     with cls._lock:
       if cls._loop is None:
+        raise_gc_threshold()  # once per process that runs DoFns
         cls._loop = asyncio.new_event_loop()
         cls._thread = threading.Thread(target=cls._loop.run_forever, name="AsyncDoFnLoop",
                                        daemon=True)
