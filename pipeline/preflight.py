@@ -35,7 +35,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline import dry_run
 from pipeline.options import MODE_REPLAY, ConfigError, MigrationOptions
 from transforms.core.text import utc_now_iso
-from transforms.keys.store import KeyStoreError, load_key_store
+from transforms.keys import shared_store
+from transforms.keys.store import KeyStoreError
 
 _LOG = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ def check_keys_db(path: str, kek: str = "") -> None:
   if kek and kek.split(":", 1)[0] not in ("env", "file"):
     return  # a cloud KEK: the workers read it; the launcher may have no access
   try:
-    store = load_key_store(path, kek)
+    # Through the process's shared store: a local run's SignEvent then finds them loaded.
+    store = shared_store.acquire(path, kek)
   except (KeyStoreError, ValueError) as exc:
     raise ConfigError("%s: %s" % (flag, exc)) from None
   if len(store) == 0:

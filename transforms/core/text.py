@@ -7,11 +7,13 @@ One home for the character classes the pipeline refuses or cleans:
 * C0 control characters other than tab, newline and return, on which Nostr
   serialisers and relays disagree.
 
-Also the one ISO-8601 timestamp format of dead letters, monitor lines and logs.
+Also the one ISO-8601 timestamp format of dead letters, monitor lines and logs, and the
+one JSON text form of output lines, journal records and payloads (`sorted_json`).
 No Beam import: clients use it too.
 """
 
 import datetime
+import json
 import re
 from typing import Any, Optional
 
@@ -69,3 +71,12 @@ def utc_now_iso(at: Optional[float] = None) -> str:
   moment = (datetime.datetime.now(datetime.timezone.utc) if at is None
             else datetime.datetime.fromtimestamp(at, datetime.timezone.utc))
   return moment.isoformat(timespec="milliseconds")
+
+
+# json.dumps with any option builds a new encoder on every call: this one is made once.
+_SORTED_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, default=str)
+
+
+def sorted_json(value: Any) -> str:
+  """JSON text with sorted keys, non-ASCII kept and str() of anything else (every output)."""
+  return _SORTED_JSON.encode(value)

@@ -21,7 +21,6 @@ failed row rather than retried forever.
 """
 
 import datetime
-import json
 import logging
 import re
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
@@ -30,6 +29,7 @@ import apache_beam as beam
 from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
 from apache_beam.io.gcp.bigquery_tools import RetryStrategy
 
+from transforms.core.text import sorted_json
 from transforms.runtime import accounting
 from transforms.runtime import outcomes as dl
 from transforms.runtime.logs import CappedLog
@@ -122,7 +122,7 @@ def _scalar(value: Any, kind: str) -> Any:
   if kind in ("FLOAT", "FLOAT64"):
     return float(value)
   if isinstance(value, (dict, list, tuple)):
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return sorted_json(value)
   return str(value)
 
 

@@ -34,7 +34,7 @@ import socket
 import threading
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from transforms.core.text import utc_now_iso
+from transforms.core.text import sorted_json, utc_now_iso
 from transforms.io.local_files import JOURNAL_DIR
 
 _LOG = logging.getLogger(__name__)
@@ -70,8 +70,7 @@ class Journal:
     """One record as its NDJSON line (for `write_lines`)."""
     record = {"what": what, "t": utc_now_iso(), "pid": os.getpid()}
     record.update(fields)
-    return (json.dumps(record, ensure_ascii=False, sort_keys=True, default=str) + "\n").encode(
-        "utf-8")
+    return (sorted_json(record) + "\n").encode("utf-8")
 
   def write_lines(self, lines: Sequence[bytes]) -> None:
     """Appends whole lines with one system call (each one is a GIL hand-over on a busy

@@ -4,10 +4,11 @@ One file each under the run's output directory. The Dataflow issue adds the
 BigQuery dead-letter and results tables beside these.
 """
 
-import json
 import os
 
 import apache_beam as beam
+
+from transforms.core.text import sorted_json
 
 DEAD_LETTERS_FILE = "dead_letters.ndjson"
 SKIPPED_FILE = "skipped.ndjson"
@@ -23,7 +24,7 @@ BIGQUERY_FAILED_ROWS_FILE = "bigquery_failed_rows.ndjson"
 
 
 def to_json_line(record) -> str:
-  return json.dumps(record, ensure_ascii=False, sort_keys=True, default=str)
+  return sorted_json(record)
 
 
 class WriteNdjson(beam.PTransform):

@@ -30,6 +30,8 @@ def valid_value(name: str, value: Any) -> Optional[str]:
     return None
   if name == "username":
     return value if isinstance(value, str) and value.strip() else None
+  if type(value) is int:  # the common case (a parsed row), without the text round trip
+    return str(value) if 0 <= value <= _MAX_INT64 else None
   text = str(value).strip()
   if not (text.isascii() and text.isdigit()) or int(text) > _MAX_INT64:
     return None

@@ -25,7 +25,7 @@ import apache_beam as beam
 
 from transforms.clients import secrets as secret_values
 from transforms.core.ids import record_id
-from transforms.core.text import utc_now_iso
+from transforms.core.text import sorted_json, utc_now_iso
 from transforms.io import journal
 from transforms.runtime import accounting
 
@@ -102,8 +102,7 @@ def make_dead_letter(run_id: str,
     raise ValueError("unknown error class %r" % error_class)
   accounting.count_dead_letter(stage, error_class)
   now = utc_now_iso()
-  payload_text = cap_payload(json.dumps(payload, ensure_ascii=False, sort_keys=True,
-                                        default=str)) if payload is not None else None
+  payload_text = cap_payload(sorted_json(payload)) if payload is not None else None
   # Without a vine or event id (a bad input line), the payload tells two records apart.
   unique = (vine_id, event_id) if vine_id or event_id else (payload_text,)
   row = {
