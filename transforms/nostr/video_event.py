@@ -36,6 +36,8 @@ PLACEHOLDER_TITLES = ("rescued vine video", "untitled", "")
 
 def trim_utf8(value: str, max_bytes: int = MAX_TAG_BYTES) -> str:
   """Trims to at most max_bytes of UTF-8 at a character boundary, ending in an ellipsis."""
+  if len(value) * 4 <= max_bytes:  # no character takes more than 4 bytes: fits, unencoded
+    return value
   raw = value.encode("utf-8", "surrogatepass")
   if len(raw) <= max_bytes:
     return value

@@ -33,6 +33,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, Optional, Set
 
 import apache_beam as beam
 from apache_beam.transforms import trigger, window
+from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 
@@ -50,18 +51,22 @@ def vine_key(item: Any) -> str:
 def _keyed(item: Any, shards: int, key_fn: Callable[[Any], str],
            timestamp=beam.DoFn.TimestampParam):
   # The item's own timestamp travels with it: a group has one timestamp, its items many.
-  return shard_of(key_fn(item), shards), (item, timestamp)
+  # As microseconds, or None for a batch read's MIN_TIMESTAMP: an int or None costs the
+  # shuffle's coder nothing, a Timestamp object is pickled (as Beam's Reshuffle does).
+  return shard_of(key_fn(item), shards), (
+      item, None if timestamp == window.MIN_TIMESTAMP else timestamp.micros)
 
 
 def stamped_items(group: Tuple[int, Iterable], windowed: WindowedValue
                   ) -> Iterator[Tuple[Any, WindowedValue]]:
   """A group's items, lazily, each with a WindowedValue of its own timestamp for its outputs."""
-  for item, timestamp in group[1]:
+  for item, micros in group[1]:
+    timestamp = window.MIN_TIMESTAMP if micros is None else Timestamp(micros=micros)
     yield item, WindowedValue(None, timestamp, windowed.windows, windowed.pane_info)
 
 
 class CapInFlight(beam.PTransform):
-  """items -> (shard, [(item, timestamp)]) groups, `shards` of them at most.
+  """items -> (shard, [(item, micros or None)]) groups, `shards` of them at most.
 
   Read a group with `stamped_items`; see the module docstring for the bound.
   """

@@ -107,7 +107,7 @@ def test_result_record_and_monitor_line_carry_public_data_only():
 
 
 def test_groups_hold_one_item_each_in_flight_and_publish_all(monkeypatch):
-  """takes_groups(): (shard, [(item, timestamp)]) groups; at most one item per group is in
+  """takes_groups(): (shard, [(item, micros)]) groups; at most one item per group is in
   flight on a relay, every item of every group is published, each with its own timestamp."""
   peaks = []
   submit = RelayPublisher.submit
@@ -123,7 +123,7 @@ def test_groups_hold_one_item_each_in_flight_and_publish_all(monkeypatch):
     event = signer.sign({"kind": 32222, "created_at": 2, "content": "", "tags": [["d", vine]]})
     items.append(WorkItem(vine_id=vine, source=records.to_source_event(event),
                           migration={"uid": "0" * 32}, signed=event))
-  groups = [(shard, [(item, 100 + n) for n, item in enumerate(items) if n % 3 == shard])
+  groups = [(shard, [(item, (100 + n) * 10**6) for n, item in enumerate(items) if n % 3 == shard])
             for shard in range(3)]
   windowed = WindowedValue(None, 0, [GlobalWindow()])
   with ScriptedRelay([]) as fake:
