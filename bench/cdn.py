@@ -11,14 +11,15 @@ with one of `--pool` JPEGs rendered at start-up by the emulator's own renderer
 keep-alive, from a bare asyncio protocol: a few tens of microseconds a request.
 The pipeline's work per thumbnail (fetch, draft-mode decode, resize, hash) is the
 same as against the emulator. `VerifyUrls` checks the media URLs as on the real CDN:
-HEAD or GET of `.mp4` answers video/mp4, `thumbnail.gif` image/gif, manifests 410 (gone,
-as on the real CDN). Other paths get 404.
+HEAD or GET of `.mp4` and of a Blossom `/<sha256>` answer video/mp4, `thumbnail.gif`
+image/gif, manifests 410 (gone, as on the real CDN). Other paths get 404.
 """
 
 import argparse
 import asyncio
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from devstack.emulator_media import _make_thumbnail  # pylint: disable=protected
 from devstack.processes import terminate
 
 _THUMB_SUFFIX = b"/thumbnails/thumbnail.jpg"
+_BLOSSOM = re.compile(rb"/[0-9a-f]{64}")
 _SMALL_BODIES = ((b".mp4", b"video/mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 1000),
                  (b"/thumbnails/thumbnail.gif", b"image/gif", b"GIF89a" + b"\x00" * 100))
 
@@ -73,6 +75,8 @@ class _CdnProtocol(asyncio.Protocol):
     for suffix, content_type, body in _SMALL_BODIES:
       if path.endswith(suffix):
         return self._ok(method, content_type, body)
+    if _BLOSSOM.fullmatch(path):  # a Blossom blob, by its hash, as the emulator's CDN serves
+      return self._ok(method, b"video/mp4", _SMALL_BODIES[0][2])
     if path.endswith((b".m3u8", b".mpd")):
       return b"HTTP/1.1 410 Gone\r\nContent-Length: 0\r\n\r\n"
     return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
