@@ -38,6 +38,7 @@ def test_signs_with_the_key_of_the_original_events_author(tmp_path):
   (out,) = _signed(tmp_path, rows, [_item(author)])
   assert out.signed["pubkey"] == author_pub and validate_event(out.signed) is None
   assert out.signed["content"] == "new" and out.signed["created_at"] == 2
+  assert out.unsigned is None  # the draft does not travel on to publishing
 
 
 @pytest.mark.usefixtures("clean_tally")
