@@ -12,8 +12,9 @@ or dead-lettered when the user asked for require_blurhash.
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import logging
-from typing import Any, List
+from typing import Any, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -44,15 +45,33 @@ class ThumbnailFetchError(RuntimeError):
     self.transient = transient
 
 
+@functools.lru_cache(maxsize=16)
+def _base_parts(cdn_base: str) -> Tuple[Any, str, Optional[str]]:
+  """(the parsed base, its path ending in "/", the prefix every URL written like it starts with)."""
+  base = urlsplit(cdn_base)
+  base_path = base.path.rstrip("/") + "/"
+  prefix = None
+  if base.scheme in ("http", "https") and base.netloc and "@" not in base.netloc:
+    prefix = "%s://%s%s" % (base.scheme, base.netloc, base_path)
+  return base, base_path, prefix
+
+
 def allowed_url(url: str, cdn_base: str) -> bool:
   """True only for http(s) URLs under the configured CDN base (same scheme, host, port)."""
   try:
-    target, base = urlsplit(url), urlsplit(cdn_base)
+    base, base_path, prefix = _base_parts(cdn_base)
+  except ValueError:
+    return False
+  if prefix is not None and url.startswith(prefix):
+    # Written exactly like the base: same scheme, host, port, no user info, under its path.
+    # (VerifyUrls asks this for every candidate URL: parsing each costs more than checking it.)
+    return True
+  try:
+    target = urlsplit(url)
   except ValueError:
     return False
   if target.scheme not in ("http", "https") or target.username or target.password:
     return False
-  base_path = base.path.rstrip("/") + "/"
   return (target.scheme == base.scheme and target.hostname == base.hostname
           and target.port == base.port and target.path.startswith(base_path))
 

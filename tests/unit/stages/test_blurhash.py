@@ -47,6 +47,22 @@ def test_allowed_url_refuses_everything_else(url):
   assert not bs.allowed_url(url, CDN)
 
 
+def test_allowed_url_fast_path_agrees_with_parsing_every_url():
+  # URLs written exactly like the base skip parsing: the answer must be the parsed one.
+  urls = [CDN + "/x.jpg", CDN + "/x.jpg?a=1#f", CDN + "/", CDN + "//x", CDN + "/x@evil/y",
+          CDN + ":443/x.jpg", CDN.upper() + "/x", CDN + "x.jpg", CDN + "\\@evil.example/x",
+          CDN + "/x\n"]
+  base = bs.urlsplit(CDN)
+
+  def parsed(url):
+    target = bs.urlsplit(url)
+    return (target.scheme in ("http", "https") and not target.username
+            and target.scheme == base.scheme and target.hostname == base.hostname
+            and target.port == base.port and target.path.startswith(base.path.rstrip("/") + "/"))
+  assert [bs.allowed_url(u, CDN) for u in urls] == [parsed(u) for u in urls]
+  assert [bs.allowed_url(u, CDN) for u in urls[:5]] == [True] * 5
+
+
 def test_allowed_url_keeps_to_the_base_path():
   base = "https://media.example/cdn"
   assert bs.allowed_url(base + "/u/thumbnail.jpg", base)
