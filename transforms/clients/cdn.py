@@ -95,15 +95,16 @@ class CdnChecker:
       self._client = None
 
   async def _ask(self, url: str) -> Tuple[int, Optional[str]]:
-    host = request_target(url)[0]  # (scheme, host, port)
+    target = request_target(url)
+    host = target[0]  # (scheme, host, port)
     if host not in self._head_refused:
-      answer = await self._client.request("HEAD", url)
+      answer = await self._client.request("HEAD", url, target=target)
       if answer.status not in _HEAD_REFUSED:
         return answer.status, answer.headers.get("content-type")
       self._head_refused.add(host)
     # A server that ignores Range and sends the whole file: the client closes the connection
     # instead of reading it.
-    answer = await self._client.request("GET", url, {"Range": "bytes=0-0"})
+    answer = await self._client.request("GET", url, {"Range": "bytes=0-0"}, target=target)
     return answer.status, answer.headers.get("content-type")
 
   async def check(self, url: str, kind: str) -> UrlCheck:

@@ -197,9 +197,13 @@ class HeadClient:
     self._ssl = ssl_context
     self._closed = False
 
-  async def request(self, method: str, url: str, headers: Optional[Dict[str, str]] = None) -> Answer:
-    """The answer's status and headers; raises InvalidUrl, HttpError, OSError, TimeoutError."""
-    key, host, path = request_target(url)
+  async def request(self, method: str, url: str, headers: Optional[Dict[str, str]] = None,
+                    target: Optional[Tuple[Tuple[str, str, int], bytes, bytes]] = None) -> Answer:
+    """The answer's status and headers; raises InvalidUrl, HttpError, OSError, TimeoutError.
+
+    `target`: `request_target(url)` when the caller has it already.
+    """
+    key, host, path = target or request_target(url)
     extra = b"".join(b"%s: %s\r\n" % (k.encode("ascii"), v.encode("ascii"))
                      for k, v in (headers or {}).items())
     async with self._limit:
