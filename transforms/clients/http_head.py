@@ -101,7 +101,6 @@ class _Connection(asyncio.Protocol):
     self._reusable = False
     self._body_left = 0
     self.closed = False
-    self.answers = 0  # answers completed on this connection
     self.got_bytes = False  # any byte of the current answer
 
   # -- protocol ----------------------------------------------------------------
@@ -139,7 +138,7 @@ class _Connection(asyncio.Protocol):
     return self._waiter
 
   def _advance(self) -> None:
-    if self._answer is None:
+    while self._answer is None:
       end = self._buffer.find(b"\r\n\r\n")
       if end < 0:
         if len(self._buffer) > MAX_HEAD_BYTES:
@@ -148,8 +147,7 @@ class _Connection(asyncio.Protocol):
       status, version, headers = parse_head(bytes(self._buffer[:end]))
       del self._buffer[:end + 4]
       if 100 <= status < 200:  # an interim answer: the real one follows
-        self._advance()
-        return
+        continue
       self._answer = Answer(status, headers)
       self._reusable = (version == "HTTP/1.1"
                         and headers.get("connection", "").lower() != "close")
@@ -168,7 +166,6 @@ class _Connection(asyncio.Protocol):
         return
     if self._buffer:
       self._reusable = False  # bytes nobody asked for
-    self.answers += 1
     if not self._waiter.done():
       self._waiter.set_result(self._answer)
 

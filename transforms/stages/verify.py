@@ -17,9 +17,10 @@ added by the builders, not here). Each slot's candidates are checked in order on
 none leaves the slot empty. The thumbnail ComputeBlurhash has just fetched and decoded
 (`WorkItem.thumbnail_seen`) counts as working without a request, and the HLS/DASH
 templates are asked for less once the CDN keeps answering 410 Gone for them (`GoneSlots`).
-A vine with no working video URL (HLS, MP4 or DASH) is not published: dead letter at `verify`, class transient (Stream may still be processing it;
-a replay checks again). With verification off (`--no-verify-urls`) no request is made and
-each slot takes its first candidate.
+A vine with no working video URL (HLS, MP4 or DASH) is not published: dead letter at
+`verify`, class transient (Stream may still be processing it; a replay checks again). With
+verification off (`--no-verify-urls`) no request is made and each slot takes its first
+candidate.
 
 Counters: `urls_checked`, `urls_dead` (accounting), `urls_off_cdn`, `urls_presumed_gone` (here).
 """
@@ -245,12 +246,13 @@ class VerifyUrlsFn(AsyncDoFn):
         tally["presumed_gone"] += 1
       else:
         asked.append(slot)
-    known = item.thumbnail_seen
+    known = {"thumbnail": item.thumbnail_seen}
     if len(asked) == 1:  # no task to spawn
-      found = [await self._first_working(asked[0], options[asked[0]], known, tally)]
+      found = [await self._first_working(asked[0], options[asked[0]], known.get(asked[0]),
+                                         tally)]
     else:
-      found = await asyncio.gather(*(self._first_working(slot, options[slot], known, tally)
-                                     for slot in asked))
+      found = await asyncio.gather(*(self._first_working(slot, options[slot], known.get(slot),
+                                                         tally) for slot in asked))
     chosen.update(zip(asked, found))
     self._counts.update(tally)
     # One increment per counter and vine (each takes a lock).
