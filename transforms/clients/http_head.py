@@ -124,6 +124,7 @@ class _Connection(asyncio.Protocol):
       self.close()
 
   def eof_received(self):
+    self.closed = True  # not taken from the pool again, even before connection_lost
     return False  # close the transport
 
   # -- one request ---------------------------------------------------------------
